@@ -1,0 +1,63 @@
+"""Builds relay_kernels._C: the CPU kernels always, the CUDA kernels when this torch is a CUDA
+build and the CUDA toolkit is found. No GPU is needed to build; a skipped backend says why.
+
+Install with `pip install --no-build-isolation -e .` so the build uses the torch already
+installed rather than downloading another one.
+"""
+
+import glob
+import os
+import sys
+
+from setuptools import setup
+
+try:
+    import torch
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+except ImportError:  # pragma: no cover - only without torch
+    sys.exit("relay_kernels: install torch first, then `pip install --no-build-isolation -e .`")
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def rel(pattern):
+    return sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, pattern)))
+
+
+def cuda_skip_reason():
+    if os.environ.get("RELAY_KERNELS_NO_CUDA") == "1":
+        return "RELAY_KERNELS_NO_CUDA=1"
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU build"
+    if CUDA_HOME is None:
+        return "no CUDA toolkit found (set CUDA_HOME)"
+    return None
+
+
+def extensions():
+    include = [os.path.join(ROOT, "csrc", "include")]
+    cxx = ["-O3", "-std=c++17", "-fno-math-errno"]
+    sources = rel("csrc/cpu/*.cpp")
+    reason = cuda_skip_reason()
+    if reason is None:
+        # Hopper and Ampere unless the user asks otherwise; no GPU is probed.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        print(f"relay_kernels: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        return [
+            CUDAExtension(
+                "relay_kernels._C",
+                sources + rel("csrc/cuda/*.cu") + rel("csrc/cuda/*.cpp"),
+                include_dirs=include,
+                define_macros=[("RK_WITH_CUDA", "1")],
+                extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+            )
+        ]
+    print(f"relay_kernels: skipping the CUDA backend: {reason}; building CPU kernels only")
+    return [CppExtension("relay_kernels._C", sources, include_dirs=include, extra_compile_args={"cxx": cxx})]
+
+
+setup(
+    ext_modules=extensions(),
+    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+)
