@@ -59,7 +59,7 @@ def patch_dct(x: torch.Tensor, k: int, inverse: bool = False) -> torch.Tensor:
     c = dct_matrix(k, cdt, x.device)
     p = _to_patches(x.to(cdt), k)
     if inverse:
-        out = torch.einsum("nu,bchuwv,mv->bchnwm", c, p, c)
+        out = torch.einsum("un,bchuwv,vm->bchnwm", c, p, c)
     else:
         out = torch.einsum("un,bchnwm,vm->bchuwv", c, p, c)
     return _from_patches(out).to(x.dtype)
@@ -174,11 +174,12 @@ def normal_from_bits(r0: torch.Tensor, r1: torch.Tensor) -> torch.Tensor:
 
 
 def randn(seed: torch.Tensor, shape, offset: int = 0, dtype=torch.float32) -> torch.Tensor:
-    """Normals of shape [B, *shape]: sample b, flat element i uses (key seed[b], counter offset+i)."""
-    n = math.prod(shape)
+    """Normals of shape [B, ...] (B = len(seed)): sample b's flat element i uses key seed[b] and
+    counter offset + i."""
+    n = math.prod(shape[1:])
     counter = offset + torch.arange(n, dtype=torch.int64, device=seed.device)
     r0, r1, _, _ = philox4x32(seed.to(torch.int64)[:, None], counter[None, :])
-    return normal_from_bits(r0, r1).reshape(seed.shape[0], *shape).to(dtype)
+    return normal_from_bits(r0, r1).reshape(tuple(shape)).to(dtype)
 
 
 def noise(seed: torch.Tensor, shape, offset: int = 0, block_size: int = 0, dtype=torch.float32):
@@ -219,9 +220,9 @@ def relay_fused(
     out = patch_idct(_from_patches(acc), k)
     if noise_scale is not None:
         if noise is None:
-            chw = tuple(x0.shape[1:])
-            noise = randn(seed, chw, offset, cdt)
-            noise_block = randn(seed, chw, offset + math.prod(chw), cdt)
+            n = math.prod(x0.shape[1:])
+            noise = randn(seed, x0.shape, offset, cdt)
+            noise_block = randn(seed, x0.shape, offset + n, cdt)
         mix = noise.to(cdt) + block_scale * block_filter(noise_block.to(cdt), block_size)
         out = out + noise_scale.to(cdt)[:, None, None, None] * mix
     return out.to(x0.dtype)

@@ -1,0 +1,151 @@
+"""Backend choice: explicit names, `auto` as the only chooser, clear errors for the unavailable.
+
+`import relay_kernels` stays cheap: the compiled module is imported on first use, Triton only
+when the triton backend is asked for, and nothing here initialises CUDA or probes devices.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+from . import _ops, reference
+
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+FUSED_PATCH_SIZES = (2, 4, 8, 16)
+
+
+class BackendUnavailableError(RuntimeError):
+    """The requested backend is not built or cannot run on these tensors."""
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"unknown relay_kernels backend {name!r}; choose one of {', '.join(BACKENDS)}")
+    return name
+
+
+_selected = os.environ.get("RELAY_KERNELS_BACKEND", "auto")
+
+
+def set_backend(name: str) -> None:
+    """Choose the backend for all ops: auto | reference | cpu | cuda | triton."""
+    global _selected
+    _selected = _check_name(name)
+
+
+def get_backend() -> str:
+    return _check_name(_selected)
+
+
+@functools.lru_cache(maxsize=None)
+def compiled_error() -> str | None:
+    """None when relay_kernels._C imported, else why not."""
+    try:
+        from . import _C  # noqa: F401  (registers the CPU/CUDA kernels)
+    except ImportError as exc:
+        return (f"the compiled extension relay_kernels._C is not built ({exc}); "
+                "install with `pip install --no-build-isolation -e .`")
+    return None
+
+
+def has_compiled_kernel(device_type: str) -> bool:
+    if compiled_error() is not None:
+        return False
+    key = "CUDA" if device_type == "cuda" else "CPU"
+    return torch._C._dispatch_has_kernel_for_dispatch_key("relay_kernels::relay_fused", key)
+
+
+@functools.lru_cache(maxsize=None)
+def triton_error() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (pip install triton)"
+    try:
+        from . import triton as _rk_triton  # noqa: F401  (defines the *_triton ops)
+    except Exception as exc:  # a broken Triton install must say so, not fall back silently
+        return f"the Triton kernels failed to load: {exc!r}"
+    return None
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@dataclass(frozen=True)
+class Kernels:
+    """The four kernel ops of one backend (see docs/KERNELS.md)."""
+
+    name: str
+    patch_dct: Callable
+    block_filter: Callable
+    noise: Callable
+    relay_fused: Callable
+
+
+REFERENCE = Kernels("reference", reference.patch_dct, reference.block_filter, reference.noise,
+                    reference.relay_fused)
+
+
+def _op_kernels(name: str, variant: str) -> Kernels:
+    return Kernels(name, *(_ops.op(n, variant) for n in ("patch_dct", "block_filter", "noise", "relay_fused")))
+
+
+def _unavailable(name: str, device: torch.device) -> str | None:
+    if name == "reference":
+        return None
+    if name == "cpu":
+        if device.type != "cpu":
+            return f"backend 'cpu' runs on CPU tensors, got {device.type} tensors"
+        return compiled_error() if not has_compiled_kernel("cpu") else None
+    if name == "cuda":
+        if device.type != "cuda":
+            return f"backend 'cuda' runs on CUDA tensors, got {device.type} tensors"
+        if not has_compiled_kernel("cuda"):
+            return compiled_error() or "relay_kernels._C was built without CUDA kernels (CPU-only torch or no toolkit)"
+        return None
+    if name == "triton":
+        if device.type == "cpu" and not triton_interpreted():
+            return "backend 'triton' runs on GPU tensors (set TRITON_INTERPRET=1 to run it on the CPU)"
+        return triton_error()
+    raise AssertionError(name)
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_once(message: str) -> None:
+    warnings.warn(message, RuntimeWarning, stacklevel=4)
+
+
+def _auto(device: torch.device) -> str:
+    if device.type == "cuda":
+        for name in ("cuda", "triton"):
+            if _unavailable(name, device) is None:
+                return name
+    elif device.type == "cpu" and _unavailable("cpu", device) is None:
+        return "cpu"
+    _warn_once(f"relay_kernels: no fused backend for {device.type} tensors "
+               f"({_unavailable('cuda' if device.type == 'cuda' else 'cpu', device)}); "
+               "using the slow reference backend")
+    return "reference"
+
+
+def resolve(device: torch.device, name: str | None = None, k: int | None = None) -> Kernels:
+    """The kernels of backend `name` (default: the selected one) for tensors on `device`."""
+    name = _check_name(name or get_backend())
+    if name == "auto":
+        name = _auto(device)
+    reason = _unavailable(name, device)
+    if reason is not None:
+        raise BackendUnavailableError(f"relay_kernels backend {name!r} is unavailable: {reason}")
+    if name != "reference" and k is not None and k not in FUSED_PATCH_SIZES:
+        raise ValueError(f"patch size k={k} is not supported by the fused '{name}' kernels "
+                         f"(they take k in {FUSED_PATCH_SIZES}); use set_backend('reference') for other k")
+    if name == "reference":
+        return REFERENCE
+    return _op_kernels(name, "_triton" if name == "triton" else "")

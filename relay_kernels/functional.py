@@ -1,0 +1,188 @@
+"""The public ops of SPEC section 7.
+
+Each function checks its arguments once, turns per-sample scalars into [B] tensors, builds the
+per-sample spectra with the formulas in reference.py (a few [B, k, k] tensor ops, no host sync),
+and calls the selected backend's kernel ops (docs/KERNELS.md).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _validate as check
+from . import reference
+from ._backend import resolve
+
+def _kernels(x: torch.Tensor, k: int | None = None, backend: str | None = None):
+    return resolve(x.device, backend, k)
+
+
+def patch_dct(x: torch.Tensor, k: int = 4, *, backend: str | None = None) -> torch.Tensor:
+    """Orthonormal DCT-II of every non-overlapping k x k patch: C P C^T."""
+    check.image(x, "x")
+    k = check.size_param(k, "k", x)
+    check.image(x, "x", k)
+    return _kernels(x, k, backend).patch_dct(x, k, False)
+
+
+def patch_idct(u: torch.Tensor, k: int = 4, *, backend: str | None = None) -> torch.Tensor:
+    """Inverse of patch_dct: C^T U C per patch."""
+    check.image(u, "u")
+    k = check.size_param(k, "k", u)
+    check.image(u, "u", k)
+    return _kernels(u, k, backend).patch_dct(u, k, True)
+
+
+def _weight_dtype(x: torch.Tensor) -> torch.dtype:
+    return reference.compute_dtype(x.dtype)
+
+
+def patch_blur(x, blur_sigma, k: int = 4, min_scale: float = 1e-3, *, backend: str | None = None):
+    """patch_idct(a_b * patch_dct(x)) with a_b of SPEC section 2, one blur sigma per sample."""
+    check.image(x, "x")
+    k = check.size_param(k, "k", x)
+    check.image(x, "x", k)
+    b = check.per_sample(blur_sigma, "blur_sigma", x, _weight_dtype(x), nonnegative=True)
+    weights = reference.blur_spectrum(b, k, check.real(min_scale, "min_scale"))[:, None].contiguous()
+    return _kernels(x, k, backend).relay_fused([x], weights, None, 0.0, 1, None, 0, None, None)
+
+
+def block_filter(e: torch.Tensor, block_size: int = 4, *, backend: str | None = None) -> torch.Tensor:
+    """Block_s(e): circular s x s box sum divided by s (unit variance for white e)."""
+    check.image(e, "e")
+    s = check.size_param(block_size, "block_size", e)
+    return _kernels(e).block_filter(e, s, False)
+
+
+def _device(device, seed) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    if isinstance(seed, torch.Tensor):
+        return seed.device
+    return torch.device("cpu")
+
+
+def _noise_dtype(dtype) -> torch.dtype:
+    if dtype not in check.FLOAT_DTYPES:
+        raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
+    return dtype
+
+
+def randn(shape, seed, offset: int = 0, *, dtype=torch.float32, device=None, backend: str | None = None):
+    """Standard normals of `shape` (first dim = batch) from the generator of SPEC section 4.
+
+    Sample b's element i uses counter offset + i with key seed[b]; the same seed gives the same
+    values on every backend and batch composition.
+    """
+    shape = check.shape(shape)
+    device = _device(device, seed)
+    seeds = check.seeds(seed, shape[0], device)
+    probe = torch.empty(0, device=device)
+    return _kernels(probe, backend=backend).noise(seeds, list(shape), check.offset(offset), 0,
+                                                  _noise_dtype(dtype))
+
+
+def block_noise(shape, block_size: int = 4, seed=None, offset: int = 0, *, dtype=torch.float32, device=None,
+                backend: str | None = None):
+    """Block_s(randn(shape, seed, offset)) for a 4-D shape, fused."""
+    shape = check.shape(shape)
+    if len(shape) != 4:
+        raise ValueError(f"block_noise needs a 4-D shape [B, C, H, W], got {shape}")
+    s = check.size_param(block_size, "block_size")
+    if s > min(shape[-2:]):
+        raise ValueError(f"block_size={s} is larger than the image ({shape[-2]}x{shape[-1]})")
+    device = _device(device, seed)
+    seeds = check.seeds(seed, shape[0], device)
+    probe = torch.empty(0, device=device)
+    return _kernels(probe, backend=backend).noise(seeds, list(shape), check.offset(offset), s,
+                                                  _noise_dtype(dtype))
+
+
+def _noise_args(x, seed, offset, noise, like_name):
+    """(seed tensor or None, offset, e or None, e_block or None), exactly one source given."""
+    if noise is not None:
+        if seed is not None:
+            raise ValueError("pass either seed= or noise=, not both")
+        e, e_block = check.noise_pair(noise, x, like_name)
+        return None, 0, e.contiguous(), e_block.contiguous()
+    return check.seeds(seed, x.shape[0], x.device), check.offset(offset), None, None
+
+
+def _block_size(block_size, k, x):
+    return check.size_param(k if block_size is None else block_size, "block_size", x)
+
+
+def _noise_scale(scale: torch.Tensor, block_scale: float, normalize: bool) -> torch.Tensor:
+    return scale / math.sqrt(1 + block_scale**2) if normalize else scale
+
+
+def relay_corrupt(x0, sigma, blur_sigma, k: int = 4, block_scale: float = 0.15, seed=None, offset: int = 0, *,
+                  noise=None, block_size: int | None = None, normalize: bool = False, min_scale: float = 1e-3,
+                  backend: str | None = None):
+    """The relay forward process (SPEC 5): patch_blur(x0, b) + sigma (e + beta Block_k(e')).
+
+    Draws e at counters offset + i and e' at offset + N + i (N = C*H*W): the next call on the
+    same seeds should use offset + 2N.
+    """
+    check.image(x0, "x0")
+    k = check.size_param(k, "k", x0)
+    check.image(x0, "x0", k)
+    wdt = _weight_dtype(x0)
+    sig = check.per_sample(sigma, "sigma", x0, wdt, nonnegative=True)
+    b = check.per_sample(blur_sigma, "blur_sigma", x0, wdt, nonnegative=True)
+    beta = check.real(block_scale, "block_scale")
+    s = _block_size(block_size, k, x0)
+    seeds, off, e, e_block = _noise_args(x0, seed, offset, noise, "x0")
+    weights = reference.blur_spectrum(b, k, check.real(min_scale, "min_scale"))[:, None].contiguous()
+    scale = _noise_scale(sig, beta, normalize)
+    return _kernels(x0, k, backend).relay_fused([x0], weights, scale, beta, s, seeds, off, e, e_block)
+
+
+def _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max):
+    check.image(x_cur, "x_cur")
+    k = check.size_param(k, "k", x_cur)
+    check.image(x_cur, "x_cur", k)
+    wdt = _weight_dtype(x_cur)
+    tc = check.per_sample(t_cur, "t_cur", x_cur, wdt, positive=True)
+    tn = check.per_sample(t_next, "t_next", x_cur, wdt, nonnegative=True)
+    s_noise = check.unit_interval(s_noise, "s_noise")
+    check.real(s_block, "s_block")
+    check.real(prob_length, "prob_length")
+    check.real(blur_sigma_max, "blur_sigma_max")
+    return k, tc, tn, s_noise
+
+
+def relay_step(x_cur, den, t_cur, t_next, k: int = 4, s_noise: float = 0.2, s_block: float = 0.15,
+               blur_sigma_max: float = 3.0, prob_length: float = 0.93, min_scale: float = 1e-3, seed=None,
+               offset: int = 0, *, noise=None, block_size: int | None = None, normalize: bool = False,
+               backend: str | None = None):
+    """Euler step of the relay sampler (SPEC 6, Algorithm 1), one fused pass.
+
+    x_next = g x_cur + patch_idct((a_n - g a_c) patch_dct(den)) + s_noise t_next n.
+    """
+    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max)
+    check.same_as(den, x_cur, "den", "x_cur")
+    s = _block_size(block_size, k, x_cur)
+    seeds, off, e, e_block = _noise_args(x_cur, seed, offset, noise, "x_cur")
+    weights, scale = reference.relay_step_weights(tc, tn, k, s_noise, blur_sigma_max, prob_length, min_scale)
+    scale = _noise_scale(scale, s_block, normalize)
+    return _kernels(x_cur, k, backend).relay_fused([x_cur, den], weights.contiguous(), scale, float(s_block), s,
+                                                   seeds, off, e, e_block)
+
+
+def relay_correct(x_cur, den, x_next, den_next, t_cur, t_next, k: int = 4, s_noise: float = 0.2,
+                  s_block: float = 0.15, blur_sigma_max: float = 3.0, prob_length: float = 0.93,
+                  min_scale: float = 1e-3, seed=None, offset: int = 0, *, noise=None,
+                  block_size: int | None = None, normalize: bool = False, backend: str | None = None):
+    """Heun correction of the relay sampler (SPEC 6) with fresh noise, one fused pass."""
+    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max)
+    for t, name in ((den, "den"), (x_next, "x_next"), (den_next, "den_next")):
+        check.same_as(t, x_cur, name, "x_cur")
+    s = _block_size(block_size, k, x_cur)
+    seeds, off, e, e_block = _noise_args(x_cur, seed, offset, noise, "x_cur")
+    weights, scale = reference.relay_correct_weights(tc, tn, k, s_noise, blur_sigma_max, prob_length, min_scale)
+    scale = _noise_scale(scale, s_block, normalize)
+    return _kernels(x_cur, k, backend).relay_fused([x_cur, den, x_next, den_next], weights.contiguous(), scale,
+                                                   float(s_block), s, seeds, off, e, e_block)
