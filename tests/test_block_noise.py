@@ -1,0 +1,122 @@
+"""The generator (SPEC 4), block filter and block noise (SPEC 3) on every backend."""
+
+import math
+
+import pytest
+import torch
+from helpers import DTYPES, check_against_truth, rand_image
+
+import relay_kernels as rk
+from relay_kernels import reference
+
+# Philox words are bit-exact on every backend; only the float32 log/cos of Box-Muller may round
+# differently between math libraries, by an ulp or two.
+NOISE_TOL = dict(atol=4e-6, rtol=4e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (3, 2, 5, 9), (2, 1, 16, 16)], ids=str)
+@pytest.mark.parametrize("offset", [0, 13, 2**33 + 5])
+def test_randn_matches_reference(backend, shape, offset):
+    seeds = torch.tensor([0, 7, 2**40 + 3][: shape[0]], dtype=torch.int64)
+    out = rk.randn(shape, seeds, offset, backend=backend)
+    expected = reference.randn(seeds, shape, offset)
+    torch.testing.assert_close(out, expected, **NOISE_TOL)
+
+
+def test_reference_philox_known_answer():
+    """Philox4x32-10 test vectors of Salmon et al. (Random123 kat_vectors), key/counter zero and all-ones."""
+    zero = torch.zeros(1, dtype=torch.int64)
+    words = [w.item() for w in reference.philox4x32(zero, zero)]
+    assert words == [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]
+
+
+def test_same_seed_same_image_any_batch(backend):
+    seeds = torch.tensor([11, 22, 33], dtype=torch.int64)
+    together = rk.block_noise((3, 2, 8, 8), 4, seed=seeds, offset=5, backend=backend)
+    for b in range(3):
+        alone = rk.block_noise((1, 2, 8, 8), 4, seed=seeds[b : b + 1], offset=5, backend=backend)
+        torch.testing.assert_close(together[b : b + 1], alone, atol=0, rtol=0)
+    shifted = rk.block_noise((2, 2, 8, 8), 4, seed=22, offset=5, backend=backend)  # int seed: 22, 23
+    torch.testing.assert_close(shifted[0], together[1], atol=0, rtol=0)
+
+
+def test_offset_continues_the_stream(backend):
+    seeds = torch.tensor([3, 4], dtype=torch.int64)
+    long = rk.randn((2, 64), seeds, 0, backend=backend)
+    tail = rk.randn((2, 40), seeds, 24, backend=backend)
+    torch.testing.assert_close(long[:, 24:], tail, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_randn_dtypes(backend, dtype):
+    seeds = torch.tensor([5, 6], dtype=torch.int64)
+    out = rk.randn((2, 3, 4, 8), seeds, 0, dtype=dtype, backend=backend)
+    assert out.dtype == dtype
+    expected = reference.randn(seeds, (2, 3, 4, 8), 0).to(dtype)
+    torch.testing.assert_close(out, expected, atol=1e-2 if dtype == torch.bfloat16 else 2e-3, rtol=1e-2)
+
+
+def test_randn_statistics(backend):
+    shape = (4, 1, 256, 256) if backend != "triton" else (2, 1, 64, 128)
+    z = rk.randn(shape, seed=1234, backend=backend).double()
+    n = z.numel()
+    assert abs(z.mean().item()) < 5 / math.sqrt(n)
+    assert abs(z.var().item() - 1) < 6 * math.sqrt(2 / n)
+    for dy, dx in [(0, 1), (1, 0), (1, 1)]:
+        corr = (z[..., dy:, dx:] * z[..., : z.shape[-2] - dy, : z.shape[-1] - dx]).mean().item()
+        assert abs(corr) < 5 / math.sqrt(n), (dy, dx, corr)
+    # Tails: a normal puts 4.55% of its mass beyond 2 sigma.
+    assert abs((z.abs() > 2).double().mean().item() - 0.0455) < 0.004
+
+
+@pytest.mark.parametrize("s", [2, 3, 4])
+def test_block_noise_covariance(backend, s):
+    """Block_s of white noise has Cov(dy, dx) = (s-|dy|)(s-|dx|)/s^2 (SPEC 3), variance 1."""
+    shape = (4, 2, 128, 128) if backend != "triton" else (2, 1, 64, 64)
+    z = rk.block_noise(shape, s, seed=99, backend=backend).double()
+    n = z.numel()
+    for dy, dx in [(0, 0), (0, 1), (1, 0), (1, 1), (0, s - 1), (0, s), (s, s)]:
+        moved = torch.roll(z, shifts=(-dy, -dx), dims=(2, 3))
+        cov = (z * moved).mean().item()
+        expected = max(s - dy, 0) * max(s - dx, 0) / s**2
+        assert abs(cov - expected) < 8 * math.sqrt(s * s / n) + 0.01, (dy, dx, cov, expected)
+
+
+FILTER_CASES = [pytest.param(shape, s, id=f"{shape}-s{s}")
+                for shape in [(1, 1, 8, 8), (2, 3, 8, 12), (1, 2, 5, 7)]
+                for s in [1, 2, 3, 4, 5, 8] if s <= min(shape[-2:])]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape,s", FILTER_CASES)
+def test_block_filter(backend, dtype, shape, s):
+    x = rand_image(shape, torch.float64)
+    check_against_truth(lambda t: rk.block_filter(t, s, backend=backend),
+                        lambda t: reference.block_filter(t, s), [x], dtype, "block_filter")
+
+
+def test_block_filter_wraps_circularly():
+    """An impulse spreads to the s x s window below-right of it, wrapping around the edges."""
+    e = torch.zeros(1, 1, 6, 6, dtype=torch.float64)
+    e[0, 0, 5, 5] = 3.0
+    out = reference.block_filter(e, 3)
+    expected = torch.zeros_like(e)
+    for i in range(3):
+        for j in range(3):
+            expected[0, 0, (5 + i) % 6, (5 + j) % 6] = 1.0
+    torch.testing.assert_close(out, expected)
+
+
+def test_block_filter_transpose_is_adjoint():
+    x, y = rand_image((2, 2, 8, 12), torch.float64), rand_image((2, 2, 8, 12), torch.float64, seed=1)
+    lhs = (reference.block_filter(x, 3) * y).sum()
+    rhs = (x * reference.block_filter(y, 3, transpose=True)).sum()
+    assert abs(lhs - rhs) < 1e-10
+
+
+@pytest.mark.parametrize("s", [1, 4, 5])
+def test_block_noise_is_block_filter_of_randn(backend, s):
+    seeds = torch.tensor([1, 2], dtype=torch.int64)
+    out = rk.block_noise((2, 3, 8, 16), s, seed=seeds, offset=7, backend=backend)
+    expected = reference.block_filter(reference.randn(seeds, (2, 3, 8, 16), 7, torch.float64), s)
+    torch.testing.assert_close(out, expected.float(), **NOISE_TOL)
