@@ -1,0 +1,40 @@
+# Everyday targets. Run them inside a virtualenv; PYTHON and TORCH_SPEC can be overridden
+# (e.g. TORCH_SPEC="torch --index-url https://download.pytorch.org/whl/cu128" on a GPU machine).
+PYTHON ?= python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install install-test train test test-gpu cuda-check bench bench-pytest lint
+
+install:
+	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
+	$(PYTHON) -m pip install setuptools wheel ninja numpy
+	$(PYTHON) -m pip install --no-build-isolation -e ".[train]"
+
+install-test: install
+	$(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev]"
+
+# The main job: trains both relay stages on the built-in dataset, ends with runs/default/grid.png.
+train: install
+	$(PYTHON) -m relaydiff.train
+
+# Builds, checks that every CUDA source compiles, runs the suite (Triton under its CPU
+# interpreter when there is no GPU; GPU tests are reported as skipped).
+test: install-test cuda-check
+	$(PYTHON) -m pytest tests
+
+cuda-check:
+	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
+		bash csrc/cuda/check_compile.sh; \
+	else echo "cuda-check: nvcc not found, CUDA sources not compiled"; fi
+
+test-gpu:
+	$(PYTHON) -m pytest tests -m "gpu or triton" -rs
+
+bench:
+	$(PYTHON) -m benchmarks.table
+
+bench-pytest:
+	$(PYTHON) -m pytest benchmarks/ --benchmark-only
+
+lint:
+	ruff check relay_kernels relaydiff benchmarks tests
