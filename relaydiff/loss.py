@@ -1,0 +1,54 @@
+"""Training losses as small callable classes, in the style of NVlabs/edm `training/loss.py`.
+
+All randomness comes from the counter-based generator of relay_kernels (SPEC section 4) keyed by a
+per-image seed, so a loss value depends only on (image, seed): not on batch size, batch
+composition, rank count or backend. Per image with N = C*H*W elements, counters [0, 2N) hold the
+corruption noise (e, e') and counter 2N the noise-level draw.
+"""
+
+from __future__ import annotations
+
+import torch
+
+import relay_kernels as rk
+from relay_kernels import reference
+
+
+def _level_normal(images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
+    """One standard normal per image at counter 2N, shape [B]."""
+    n = images[0].numel()
+    return rk.randn((images.shape[0], 1), seeds, offset=2 * n).reshape(-1).to(images.device, torch.float64)
+
+
+class EDMLoss:
+    """EDM loss (Karras et al. 2022, Eq. 2 and Table 1): ln sigma ~ N(P_mean, P_std^2),
+    weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2."""
+
+    def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5):
+        self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+
+    def __call__(self, net, images, seeds, labels=None):
+        rnd = _level_normal(images, seeds)
+        sigma = (rnd * self.P_std + self.P_mean).exp().to(torch.float32)
+        weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
+        n = rk.randn(tuple(images.shape), seeds, offset=0).to(images.device, images.dtype)
+        denoised = net(images + n * sigma[:, None, None, None], sigma, labels)
+        return weight[:, None, None, None] * (denoised - images) ** 2
+
+
+class RelayLoss:
+    """Relay-stage loss (RDM Eq. 7-8, SPEC section 5): x_t = patch_blur(x0, b) + sigma (e + beta
+    Block_k(e')) with (sigma, b, weight) from the released trainer's draw, target x0."""
+
+    def __init__(self, k=4, blur_sigma_max=3.0, block_scale=0.15, prob_length=0.93):
+        self.k, self.blur_sigma_max = k, blur_sigma_max
+        self.block_scale, self.prob_length = block_scale, prob_length
+
+    def __call__(self, net, images, seeds, labels=None):
+        u = torch.special.ndtr(_level_normal(images, seeds))  # u ~ U(0, 1)
+        sigma, blur_sigma, weight = reference.relay_training_sigmas(u, self.blur_sigma_max, self.prob_length)
+        sigma, blur_sigma, weight = (t.to(torch.float32) for t in (sigma, blur_sigma, weight))
+        x_t = rk.relay_corrupt(images, sigma, blur_sigma, k=self.k, block_scale=self.block_scale,
+                               seed=seeds, offset=0)
+        denoised = net(x_t, sigma, labels)
+        return weight[:, None, None, None] * (denoised - images) ** 2

@@ -1,0 +1,320 @@
+"""Sample-quality metrics: FID / KID / sFID math, the Inception detector, and weight-free spectral metrics.
+
+* `frechet_distance`, `kernel_inception_distance`: NVlabs/edm `fid.py` and StyleGAN3 `metrics/kernel_
+  inception_distance.py` math on any feature arrays (testable on synthetic features).
+* `load_inception`: the FID Inception-v3 as a local TorchScript file, never downloaded.
+* `rapsd`, `rapsd_distance`: radially averaged power spectral density (RDM Appendix D) and the mean
+  absolute log10 gap between two sets' RAPSDs.
+* `snr_curves`, `plot_snr`: per-frequency signal-to-noise ratio of images under the same noise at
+  several resolutions (RDM Figure 2): at the same noise a higher resolution keeps a higher SNR.
+* `sliced_wasserstein`: ProGAN's SWD on 7x7 patches of a Laplacian pyramid, per level.
+
+Images are float tensors in [-1, 1], NCHW, unless a function says uint8.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import scipy.linalg
+import torch
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------- FID, KID, sFID
+
+
+def feature_stats(features) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (unbiased) of [N, D] features, in float64."""
+    f = np.asarray(features, dtype=np.float64)
+    if f.ndim != 2 or f.shape[0] < 2:
+        raise ValueError(f"need [N >= 2, D] features, got shape {f.shape}")
+    return f.mean(0), np.cov(f, rowvar=False)
+
+
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+    """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (FID between Gaussians fit to features)."""
+    mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
+    sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        # Singular product (few samples): regularize as pytorch-fid does.
+        eps = np.eye(sigma1.shape[0]) * 1e-6
+        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
+    covmean = np.real(covmean)
+    return float(np.square(mu1 - mu2).sum() + np.trace(sigma1 + sigma2 - 2 * covmean))
+
+
+def fid_from_features(feats1, feats2) -> float:
+    return frechet_distance(*feature_stats(feats1), *feature_stats(feats2))
+
+
+def kernel_inception_distance(feats_gen, feats_real, num_subsets=100, max_subset_size=1000, seed=0) -> float:
+    """Unbiased MMD^2 with the cubic polynomial kernel k(x, y) = (x.y / d + 1)^3, averaged over subsets."""
+    x_all = np.asarray(feats_gen, dtype=np.float64)
+    y_all = np.asarray(feats_real, dtype=np.float64)
+    d = x_all.shape[1]
+    m = min(x_all.shape[0], y_all.shape[0], max_subset_size)
+    if m < 2:
+        raise ValueError("KID needs at least 2 feature vectors per set")
+    rng = np.random.RandomState(seed)
+    t = 0.0
+    for _ in range(num_subsets):
+        x = x_all[rng.choice(x_all.shape[0], m, replace=False)]
+        y = y_all[rng.choice(y_all.shape[0], m, replace=False)]
+        a = (x @ x.T / d + 1) ** 3 + (y @ y.T / d + 1) ** 3
+        b = (x @ y.T / d + 1) ** 3
+        t += (a.sum() - np.diag(a).sum()) / (m - 1) - b.sum() * 2 / m
+    return float(t / num_subsets / m)
+
+
+def sfid_features(spatial: torch.Tensor, channels: int = 7) -> torch.Tensor:
+    """sFID features (Nash et al. 2021): the first 7 channels of Inception's mixed_6/conv map, flattened."""
+    return spatial[:, :channels].flatten(1)
+
+
+INCEPTION_HELP = (
+    "The FID Inception-v3 weights are not downloaded by relaydiff. Get the TorchScript file "
+    "'inception-2015-12-05.pt' (the detector NVlabs' StyleGAN2-ADA/StyleGAN3/EDM use; StyleGAN2-ADA lists "
+    "it as "
+    "https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt) on a "
+    "machine with network access, copy it here and pass its path with --inception. The module must map uint8 "
+    "NCHW RGB images to [N, 2048] features when called as detector(images, return_features=True)."
+)
+
+
+def load_inception(path: str | None, device="cpu"):
+    """The FID feature detector from a local TorchScript file; a clear error when it is missing."""
+    if not path:
+        raise FileNotFoundError("no Inception weights given. " + INCEPTION_HELP)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Inception weights {path!r} not found. " + INCEPTION_HELP)
+    try:
+        return torch.jit.load(path, map_location=device).eval()
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{path!r} is not a TorchScript module ({exc}). " + INCEPTION_HELP) from exc
+
+
+@torch.no_grad()
+def inception_features(detector, images_uint8: torch.Tensor, batch=64, device="cpu") -> np.ndarray:
+    """[N, 2048] pool features of uint8 NCHW images (grayscale repeated to RGB)."""
+    out = []
+    for i in range(0, images_uint8.shape[0], batch):
+        x = images_uint8[i : i + batch].to(device)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        out.append(detector(x, return_features=True).to(torch.float64).cpu())
+    return torch.cat(out).numpy()
+
+
+# ---------------------------------------------------------------------------- spectra
+
+
+def _radial_bins(h: int, w: int, device=None):
+    fy = torch.fft.fftfreq(h, device=device)[:, None] * h
+    fx = torch.fft.fftfreq(w, device=device)[None, :] * w
+    r = torch.sqrt(fy**2 + fx**2).round().long()
+    n_bins = min(h, w) // 2 + 1
+    return r.clamp(max=n_bins), n_bins  # bin n_bins collects the corners and is dropped
+
+
+def rapsd(images: torch.Tensor) -> torch.Tensor:
+    """Radially averaged power spectral density per image: [N, min(H, W)//2 + 1] over integer radii.
+
+    Power |FFT|^2 / (H W) of each channel (mean removed), averaged over channels and over the
+    frequencies whose radius rounds to each integer (cycles per image). White noise of variance s^2
+    has a flat RAPSD of s^2 (DC bin excluded).
+    """
+    x = images.to(torch.float64)
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    power = (torch.fft.fft2(x, norm="ortho").abs() ** 2).mean(1)  # [N, H, W]
+    r, n_bins = _radial_bins(*x.shape[-2:], device=x.device)
+    flat = power.flatten(1)
+    idx = r.flatten()[None].expand_as(flat)
+    sums = torch.zeros(flat.shape[0], n_bins + 1, dtype=flat.dtype, device=flat.device).scatter_add_(
+        1, idx, flat
+    )
+    counts = torch.bincount(r.flatten(), minlength=n_bins + 1).to(flat.dtype)
+    return (sums / counts)[:, :n_bins]
+
+
+def rapsd_distance(images_a: torch.Tensor, images_b: torch.Tensor, eps=1e-12) -> float:
+    """Mean over radii >= 1 of |log10 RAPSD_a - log10 RAPSD_b| of the set-averaged spectra."""
+    pa, pb = rapsd(images_a).mean(0)[1:], rapsd(images_b).mean(0)[1:]
+    return float((torch.log10(pa + eps) - torch.log10(pb + eps)).abs().mean())
+
+
+def snr_curves(images: torch.Tensor, resolutions, sigma: float):
+    """{resolution: (frequency in cycles per image width, SNR in dB)} for images resized to each resolution.
+
+    Gaussian noise of std sigma adds power sigma^2 at every frequency (orthonormal FFT), so SNR(f) =
+    RAPSD(f) / sigma^2. At the same sigma and the same frequency of the depicted scene, a higher
+    resolution has a higher SNR (for natural spectra by about the ratio of pixel counts): noise that
+    destroys a 64x64 image leaves the low frequencies of its 256x256 version intact, the observation
+    behind RDM's Figure 2 and its relay stages.
+    """
+    curves = {}
+    for res in resolutions:
+        x = images.to(torch.float64)
+        mode = "area" if x.shape[-1] >= res else "bicubic"
+        x = F.interpolate(x, size=(res, res), mode=mode)
+        p = rapsd(x).mean(0)[1:]
+        freq = torch.arange(1, p.numel() + 1, dtype=torch.float64)
+        curves[int(res)] = (freq.numpy(), (10 * torch.log10(p / sigma**2)).numpy())
+    return curves
+
+
+def plot_snr(curves: dict, path: str, title: str = "SNR vs frequency") -> str:
+    """Write the curves as a PNG: matplotlib when installed, else a plain PIL line chart."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return _plot_pil(curves, path, title)
+    fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
+    for res, (f, snr) in curves.items():
+        ax.plot(f, snr, label=f"{res}x{res}")
+    ax.set_xlabel("frequency (cycles per image width)")
+    ax.set_xscale("log")
+    ax.set_ylabel("SNR (dB)")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+_COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
+
+
+def _plot_pil(curves: dict, path: str, title: str) -> str:
+    from PIL import Image, ImageDraw
+
+    w, h, left, right, top, bottom = 640, 440, 60, 20, 30, 45
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    xs = np.concatenate([c[0] for c in curves.values()])
+    ys = np.concatenate([c[1] for c in curves.values()])
+    ys = ys[np.isfinite(ys)]
+    x0, x1 = 0.0, float(xs.max())
+    y0, y1 = math.floor(ys.min() / 10) * 10, math.ceil(ys.max() / 10) * 10
+    y1 = y1 if y1 > y0 else y0 + 10
+
+    def px(x, y):
+        return (
+            left + (x - x0) / (x1 - x0) * (w - left - right),
+            top + (y1 - y) / (y1 - y0) * (h - top - bottom),
+        )
+
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    for k in range(6):  # ticks
+        xv, yv = x0 + (x1 - x0) * k / 5, y0 + (y1 - y0) * k / 5
+        gx, _ = px(xv, y0)
+        _, gy = px(x0, yv)
+        draw.line([gx, h - bottom, gx, h - bottom + 4], fill="black")
+        draw.text((gx - 12, h - bottom + 6), f"{xv:.0f}", fill="black")
+        draw.line([left - 4, gy, left, gy], fill="black")
+        draw.text((5, gy - 6), f"{yv:.0f}", fill="black")
+    draw.text((left + 150, h - 15), "frequency (cycles per image width)", fill="black")
+    draw.text((5, 8), "SNR (dB)", fill="black")
+    draw.text((left + 200, 8), title, fill="black")
+    for n, (res, (f, snr)) in enumerate(curves.items()):
+        color = _COLORS[n % len(_COLORS)]
+        pts = [px(a, b) for a, b in zip(f, snr, strict=False) if np.isfinite(b)]
+        if len(pts) > 1:
+            draw.line(pts, fill=color, width=2)
+        ly = top + 10 + 16 * n
+        draw.line([w - right - 110, ly + 6, w - right - 85, ly + 6], fill=color, width=3)
+        draw.text((w - right - 80, ly), f"{res}x{res}", fill="black")
+    img.save(path)
+    return path
+
+
+# ---------------------------------------------------------------------------- sliced Wasserstein
+
+
+def _gaussian_kernel(channels, dtype, device):
+    k1 = torch.tensor([1.0, 4.0, 6.0, 4.0, 1.0], dtype=dtype, device=device) / 16
+    return (k1[:, None] * k1[None, :]).expand(channels, 1, 5, 5).contiguous()
+
+
+def _pyr_down(x):
+    k = _gaussian_kernel(x.shape[1], x.dtype, x.device)
+    return F.conv2d(F.pad(x, (2, 2, 2, 2), mode="reflect"), k, groups=x.shape[1])[..., ::2, ::2]
+
+
+def _pyr_up(x):
+    up = torch.zeros(*x.shape[:2], x.shape[2] * 2, x.shape[3] * 2, dtype=x.dtype, device=x.device)
+    up[..., ::2, ::2] = x * 4
+    k = _gaussian_kernel(x.shape[1], x.dtype, x.device)
+    return F.conv2d(F.pad(up, (2, 2, 2, 2), mode="reflect"), k, groups=x.shape[1])
+
+
+def laplacian_pyramid(x: torch.Tensor, min_res: int = 16) -> list[torch.Tensor]:
+    """Band-pass levels from full resolution down to min_res; the last level is the low-pass residual."""
+    levels = []
+    while x.shape[-1] > min_res and x.shape[-1] % 2 == 0:
+        down = _pyr_down(x)
+        levels.append(x - _pyr_up(down))
+        x = down
+    levels.append(x)
+    return levels
+
+
+def _descriptors(level, patches_per_image, patch_size, gen):
+    n, c, h, w = level.shape
+    p = patch_size
+    ys = torch.randint(0, h - p + 1, (n, patches_per_image), generator=gen)
+    xs = torch.randint(0, w - p + 1, (n, patches_per_image), generator=gen)
+    off = torch.arange(p)
+    rows = (ys[..., None] + off)[..., :, None].expand(n, patches_per_image, p, p)
+    cols = (xs[..., None] + off)[..., None, :].expand(n, patches_per_image, p, p)
+    bidx = torch.arange(n)[:, None, None, None].expand_as(rows)
+    patches = level.permute(0, 2, 3, 1)[bidx, rows, cols]  # [n, P, p, p, c]
+    return patches.reshape(-1, p * p, c)
+
+
+def _swd(a, b, dirs_per_repeat, repeats, gen):
+    total = 0.0
+    for _ in range(repeats):
+        dirs = torch.randn(a.shape[1], dirs_per_repeat, generator=gen, dtype=a.dtype)
+        dirs = dirs / dirs.norm(dim=0, keepdim=True)
+        pa, _ = (a @ dirs).sort(0)
+        pb, _ = (b @ dirs).sort(0)
+        total += float((pa - pb).abs().mean())
+    return total / repeats
+
+
+def sliced_wasserstein(
+    images_a,
+    images_b,
+    patches_per_image=128,
+    patch_size=7,
+    dirs_per_repeat=128,
+    repeats=4,
+    min_res=16,
+    seed=0,
+) -> list[float]:
+    """SWD x 1e3 per Laplacian-pyramid level (full resolution first) between two equally sized sets."""
+    n = min(images_a.shape[0], images_b.shape[0])
+    a, b = images_a[:n].to(torch.float64).cpu(), images_b[:n].to(torch.float64).cpu()
+    if a.shape[1:] != b.shape[1:]:
+        raise ValueError(f"image shapes differ: {tuple(a.shape[1:])} vs {tuple(b.shape[1:])}")
+    out = []
+    for la, lb in zip(laplacian_pyramid(a, min_res), laplacian_pyramid(b, min_res), strict=False):
+        p = min(patch_size, la.shape[-1])
+        # The same patch positions in both sets, so identical sets give exactly zero.
+        da = _descriptors(la, patches_per_image, p, torch.Generator().manual_seed(seed))
+        db = _descriptors(lb, patches_per_image, p, torch.Generator().manual_seed(seed))
+        # Per-channel normalization as ProGAN, but with statistics pooled over both sets: ProGAN's
+        # per-set normalization would hide a change of contrast in a band, which blur is.
+        both = torch.cat([da, db])
+        mean, std = both.mean(dim=(0, 1)), both.std(dim=(0, 1)).clamp_min(1e-8)
+        da, db = ((d - mean) / std for d in (da, db))
+        da, db = da.reshape(da.shape[0], -1), db.reshape(db.shape[0], -1)
+        out.append(_swd(da, db, dirs_per_repeat, repeats, torch.Generator().manual_seed(seed + 1)) * 1e3)
+    return out

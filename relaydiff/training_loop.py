@@ -1,0 +1,377 @@
+"""Training loop for both RDM stages, after NVlabs/edm `training/training_loop.py`.
+
+Stage 1 is a plain EDM model at resolution / k trained with EDMLoss; stage 2 is the relay stage at
+full resolution trained with RelayLoss. With stage 'both' each step trains both nets on the same
+global batch (stage 1 sees it average-pooled by k).
+
+Determinism: everything random in a step is a function of (seed, step): the batch indices
+(`dataset.global_indices`), the per-image generator seeds (`image_seeds`, keyed by the image's
+position in the *global* batch, so the rank count does not change the noise), and the torch RNG
+used by dropout and label dropout (re-seeded each step from (seed, step, rank)). A resumed run
+therefore reproduces an uninterrupted one exactly.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+import tqdm
+
+from . import checkpoint as ckpt
+from . import distributed as dist_util
+from .dataset import global_indices, open_dataset
+from .loss import EDMLoss, RelayLoss
+from .networks import build_network
+
+DEFAULTS = dict(
+    outdir="runs/relaydiff", data="builtin", resolution=32, k=4, stage="both", steps=600, batch=16,
+    lr=2e-3, lr_rampup=50, grad_clip=1.0, ema_halflife_kimg=500.0, ema_rampup=0.05, bf16=False,
+    seed=0, device="auto", resume=False, cond=True, label_dropout=0.1, channels=16,
+    channel_mult1="1,2", channel_mult2="1,2,2", attn_res="8", num_blocks=1, dropout=0.0,
+    embedding="positional", blur_sigma_max=3.0, block_scale=0.15, prob_length=0.93, log_every=10,
+    snap_every=200, grid_every=200, preview_steps=18, progress=True, threads=1,
+)
+
+
+def _ints(text) -> list[int]:
+    if isinstance(text, (list, tuple)):
+        return list(text)
+    return [int(v) for v in str(text).split(",") if v.strip()]
+
+
+def _mix(*values: int) -> int:
+    """splitmix64 over a tuple of ints -> a non-negative int63 (an image or step seed)."""
+    h = 0x9E3779B97F4A7C15
+    for v in values:
+        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h >> 1
+
+
+def image_seeds(seed: int, step: int, positions, stage: int, device) -> torch.Tensor:
+    """Generator seed of each image from (seed, step, position in the global batch, stage)."""
+    return torch.tensor([_mix(seed, step, p, stage) for p in positions], dtype=torch.int64, device=device)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def stage_configs(opts: dict, label_dim: int) -> dict:
+    """The STAGE entries of config.json (see checkpoint.py) for the stages to train."""
+    k, res = opts["k"], opts["resolution"]
+    if res % k:
+        raise ValueError(f"--resolution {res} is not a multiple of k={k}")
+    wanted = {"1": [1], "2": [2], "both": [1, 2]}.get(str(opts["stage"]))
+    if wanted is None:
+        raise ValueError(f"--stage must be 1, 2 or both, not {opts['stage']!r}")
+    out = {}
+    for s in wanted:
+        stage_res = res // k if s == 1 else res
+        mult = _ints(opts[f"channel_mult{s}"])
+        if stage_res % (2 ** (len(mult) - 1)):
+            raise ValueError(f"stage {s} resolution {stage_res} is not divisible by 2^{len(mult) - 1} "
+                             f"(--channel-mult{s} {opts[f'channel_mult{s}']} has {len(mult)} levels)")
+        net = dict(img_resolution=stage_res, img_channels=3, label_dim=label_dim, sigma_data=0.5,
+                   model_channels=opts["channels"], channel_mult=mult, num_blocks=opts["num_blocks"],
+                   attn_resolutions=_ints(opts["attn_res"]), dropout=opts["dropout"],
+                   label_dropout=opts["label_dropout"] if label_dim else 0.0,
+                   embedding_type=opts["embedding"])
+        if s == 1:
+            loss = {"class_name": "EDMLoss", "kwargs": dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)}
+        else:
+            loss = {"class_name": "RelayLoss", "kwargs": dict(
+                k=k, blur_sigma_max=opts["blur_sigma_max"], block_scale=opts["block_scale"],
+                prob_length=opts["prob_length"])}
+        out[str(s)] = dict(stage=s, resolution=stage_res, img_channels=3, label_dim=label_dim, k=k,
+                           network={"class_name": "EDMPrecond", "kwargs": net}, loss=loss)
+    return out
+
+
+def _build_loss(spec: dict):
+    cls = {"EDMLoss": EDMLoss, "RelayLoss": RelayLoss}[spec["class_name"]]
+    return cls(**spec["kwargs"])
+
+
+# ---------------------------------------------------------------------------------------- preview
+
+
+@torch.no_grad()
+def _preview_samples(net1, net2, labels, x_low, seed, opts):
+    """(stage-1 samples or None, relay outputs or None) in [-1, 1] for the preview grid.
+
+    Uses relaydiff.sampling when it is there; otherwise a minimal EDM Euler + rk.relay_step loop.
+    x_low (the real images pooled by k) is relayed when there is no stage-1 net.
+    """
+    n, dev = labels.shape[0] if labels is not None else x_low.shape[0], x_low.device
+    seeds = torch.arange(seed, seed + n, dtype=torch.int64, device=dev)
+    relay_kw = dict(k=opts["k"], s_block=opts["block_scale"], blur_sigma_max=opts["blur_sigma_max"],
+                    prob_length=opts["prob_length"])
+    if importlib.util.find_spec("relaydiff.sampling") is not None:
+        from . import sampling
+
+        low = None
+        if net1 is not None:
+            latents = sampling.latents_from_seeds(seeds, tuple(x_low.shape[1:]), device=dev)
+            low = sampling.sample_edm(net1, latents, num_steps=opts["preview_steps"], seeds=seeds,
+                                      class_labels=labels, disable=True).clamp(-1, 1)
+        high = None
+        if net2 is not None:
+            high = sampling.sample_relay(net2, low if low is not None else x_low, seeds=seeds,
+                                         offset=1 << 40, class_labels=labels, disable=True, **relay_kw)
+        return low, high
+    return _fallback_samples(net1, net2, labels, x_low, seeds, opts, relay_kw)
+
+
+def _fallback_samples(net1, net2, labels, x_low, seeds, opts, relay_kw):
+    import relay_kernels as rk
+    from relay_kernels import reference
+
+    low = None
+    if net1 is not None:
+        t = reference.karras_sigmas(opts["preview_steps"], 0.002, 80.0)
+        t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
+        x = rk.randn(tuple(x_low.shape), seeds).to(x_low.device) * t[0].item()
+        ones = torch.ones(x.shape[0], device=x.device)
+        for t_cur, t_next in zip(t[:-1].tolist(), t[1:].tolist(), strict=True):  # EDM Euler (Eq. 4)
+            x = x + (t_next - t_cur) * (x - net1(x, ones * t_cur, labels)) / t_cur
+        low = x.clamp(-1, 1)
+    high = None
+    if net2 is not None:
+        start = low if low is not None else x_low
+        t = reference.relay_sigmas(40)
+        x = F.interpolate(start, scale_factor=opts["k"], mode="nearest")
+        x = x + t[0].item() * rk.randn(tuple(x.shape), seeds, 1 << 40)
+        ones = torch.ones(x.shape[0], device=x.device)
+        for i in range(t.numel() - 1):  # RDM Algorithm 1, Euler steps only
+            den = net2(x, ones * t[i].item(), labels)
+            if i == t.numel() - 2:
+                break
+            x = rk.relay_step(x, den, ones * t[i].item(), ones * t[i + 1].item(), seed=seeds,
+                              offset=(1 << 40) + (i + 1) * 2 * x[0].numel(), **relay_kw)
+        high = den
+    return low, high
+
+
+def _save_grid(path, rows, res):
+    """rows: list of [n, 3, h, w] tensors in [-1, 1], each upsampled (nearest) to res x res."""
+    tiles = []
+    for r in rows:
+        r = F.interpolate(r.float().cpu(), size=(res, res), mode="nearest")
+        tiles.append(torch.cat(list(r), dim=2))  # [3, res, n*res]
+    grid = torch.cat(tiles, dim=1)
+    img = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    img = np.kron(img, np.ones((max(1, 96 // res), max(1, 96 // res), 1), dtype=np.uint8))  # viewable size
+    ckpt._atomic_write(path, lambda f: PIL.Image.fromarray(img).save(f, format="PNG"))
+
+
+# ---------------------------------------------------------------------------------------- training
+
+
+class _StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop saves a checkpoint at the end of the step and returns."""
+
+    def __init__(self):
+        self.signum, self._old = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.signum = signum
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def _ema_update(ema, net, cur_nimg, batch, opts):
+    ema_nimg = opts["ema_halflife_kimg"] * 1000
+    if opts["ema_rampup"] is not None:
+        ema_nimg = min(ema_nimg, cur_nimg * opts["ema_rampup"])
+    beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
+    for p_ema, p_net in zip(ema.parameters(), net.parameters(), strict=True):
+        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
+    for b_ema, b_net in zip(ema.buffers(), net.buffers(), strict=True):
+        b_ema.copy_(b_net.detach())
+
+
+def _truncate_metrics(path, step):
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
+    ckpt._atomic_write(path, lambda f: f.write("".join(lines).encode()))
+
+
+def training_loop(**overrides) -> dict:
+    """Train; returns {"step": steps finished, "interrupted": signal number or None, "losses":
+    {stage: [per-step losses of this process's run]}, "nets"/"emas": {stage: module}}."""
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        raise TypeError(f"unknown options: {sorted(unknown)}")
+    opts = {**DEFAULTS, **overrides}
+    if opts["threads"]:
+        torch.set_num_threads(opts["threads"])
+    device = resolve_device(opts["device"])
+    dist_util.init(device)
+    device = dist_util.local_device(device)
+    rank, world = dist_util.get_rank(), dist_util.get_world_size()
+    if opts["batch"] % world:
+        raise ValueError(f"--batch {opts['batch']} is not divisible by the number of ranks ({world})")
+    batch_local = opts["batch"] // world
+    run_dir = opts["outdir"]
+    ckpt_path = os.path.join(run_dir, ckpt.CHECKPOINT_NAME)
+    if opts["resume"] and not os.path.isfile(ckpt_path):
+        raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+    if not opts["resume"] and os.path.isfile(ckpt_path):
+        raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --outdir")
+
+    dataset = open_dataset(opts["data"], opts["resolution"], seed=opts["seed"])
+    label_dim = dataset.label_dim if opts["cond"] else 0
+    stages = stage_configs(opts, label_dim)
+    train_opts = {key: v for key, v in opts.items() if key not in ("resume", "progress", "threads")}
+    config = {"train": train_opts, "k": opts["k"], "stages": stages}
+
+    torch.manual_seed(opts["seed"])
+    nets, emas, opts_, losses_fn = {}, {}, {}, {}
+    for s, sc in stages.items():
+        nets[s] = build_network(sc["network"]).to(device).train()
+        emas[s] = copy.deepcopy(nets[s]).eval().requires_grad_(False)
+        opts_[s] = torch.optim.Adam(nets[s].parameters(), lr=opts["lr"], betas=(0.9, 0.999), eps=1e-8)
+        losses_fn[s] = _build_loss(sc["loss"])
+
+    start = 0
+    if opts["resume"]:
+        state = ckpt.load_checkpoint(ckpt_path, map_location=device)
+        if state["config"]["stages"] != json.loads(json.dumps(stages)):
+            raise ValueError(f"{ckpt_path}: its stages/networks differ from the options given")
+        for s in stages:
+            nets[s].load_state_dict(state["stages"][s]["net"])
+            emas[s].load_state_dict(state["stages"][s]["ema"])
+            opts_[s].load_state_dict(state["stages"][s]["optimizer"])
+        torch.set_rng_state(state["rng"]["torch"].cpu())
+        start = state["step"]
+        if rank == 0:
+            _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), start)
+            dist_util.print0(f"resuming {run_dir} at step {start}")
+
+    ids = [device.index] if device.type == "cuda" else None
+    ddp = {s: torch.nn.parallel.DistributedDataParallel(n, device_ids=ids) if world > 1 else n
+           for s, n in nets.items()}
+
+    # Fixed preview inputs: evenly spaced dataset images, so classes vary along the row.
+    n_prev = min(8, len(dataset))
+    prev_idx = torch.linspace(0, len(dataset) - 1, n_prev).round().long()
+    prev_u8, prev_lab = dataset.batch(prev_idx)
+    prev_real = prev_u8.to(device, torch.float32) / 127.5 - 1
+    prev_labels = F.one_hot(prev_lab, label_dim).float().to(device) if label_dim else None
+
+    def state_dicts():
+        return {s: {"net": nets[s].state_dict(), "ema": emas[s].state_dict(),
+                    "optimizer": opts_[s].state_dict()} for s in stages}
+
+    def save(step):
+        if rank == 0:
+            ckpt.save_checkpoint(run_dir, step, config, state_dicts(), rng={"torch": torch.get_rng_state()})
+        dist_util.barrier()
+
+    def grid(step, final=False):
+        if rank != 0:
+            return
+        x_low = F.avg_pool2d(prev_real, opts["k"])
+        low, high = _preview_samples(emas.get("1"), emas.get("2"), prev_labels, x_low, opts["seed"], opts)
+        rows = [prev_real] + [r for r in (low, high) if r is not None]
+        _save_grid(os.path.join(run_dir, f"grid-{step:06d}.png"), rows, opts["resolution"])
+        if final:
+            _save_grid(os.path.join(run_dir, "grid.png"), rows, opts["resolution"])
+
+    if rank == 0:
+        os.makedirs(run_dir, exist_ok=True)
+        ckpt.save_json(os.path.join(run_dir, ckpt.CONFIG_NAME), config)
+        n_params = {s: sum(p.numel() for p in n.parameters()) for s, n in nets.items()}
+        dist_util.print0(f"{run_dir}: dataset {dataset.name} ({len(dataset)} images, {label_dim} classes), "
+                         f"stages {list(stages)} params {n_params}, {world} rank(s) on {device}")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(opts["bf16"]))
+    steps, k, seed = opts["steps"], opts["k"], opts["seed"]
+    history = {s: [] for s in stages}
+    metrics_path = os.path.join(run_dir, "metrics.jsonl")
+    bar = tqdm.tqdm(total=steps, initial=start, disable=rank != 0 or not opts["progress"], dynamic_ncols=True)
+    img_rate, step = None, start
+    with _StopFlag() as stop:
+        while step < steps:
+            t0 = time.perf_counter()
+            torch.manual_seed(_mix(seed, step, rank, 7))  # dropout / label dropout of this step
+            idx = global_indices(step, opts["batch"], len(dataset), seed)
+            positions = range(rank * batch_local, (rank + 1) * batch_local)
+            images_u8, labels = dataset.batch(idx[rank * batch_local:(rank + 1) * batch_local])
+            images = images_u8.to(device, torch.float32) / 127.5 - 1
+            onehot = F.one_hot(labels, label_dim).float().to(device) if label_dim else None
+            lr = opts["lr"] * min(1.0, (step + 1) / max(opts["lr_rampup"], 1))  # linear warm-up
+            step_loss = {}
+            for s in stages:
+                x = F.avg_pool2d(images, k) if s == "1" else images
+                seeds = image_seeds(seed, step, positions, int(s), device)
+                with autocast:
+                    loss = losses_fn[s](ddp[s], x, seeds, onehot).mean()
+                opts_[s].zero_grad(set_to_none=True)
+                loss.backward()
+                for p in nets[s].parameters():
+                    if p.grad is not None:
+                        torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
+                if opts["grad_clip"]:
+                    torch.nn.utils.clip_grad_norm_(nets[s].parameters(), opts["grad_clip"])
+                for g in opts_[s].param_groups:
+                    g["lr"] = lr
+                opts_[s].step()
+                _ema_update(emas[s], nets[s], (step + 1) * opts["batch"], opts["batch"], opts)
+                step_loss[s] = loss.detach()
+            step += 1
+            vals = torch.stack([step_loss[s].float() for s in stages])
+            if world > 1:
+                torch.distributed.all_reduce(vals)
+                vals /= world
+            vals = vals.tolist()
+            for s, v in zip(stages, vals, strict=True):
+                history[s].append(v)
+            rate = opts["batch"] / max(time.perf_counter() - t0, 1e-9)
+            img_rate = rate if img_rate is None else 0.9 * img_rate + 0.1 * rate
+            bar.update(1)
+            shown = {f"loss{s}": f"{v:.4f}" for s, v in zip(stages, vals, strict=True)}
+            bar.set_postfix({**shown, "img/s": f"{img_rate:.0f}"})
+            if rank == 0 and (step % opts["log_every"] == 0 or step == steps):
+                rec = {"step": step, "kimg": step * opts["batch"] / 1000, "lr": lr, "img_per_s": img_rate,
+                       **{f"loss{s}": v for s, v in zip(stages, vals, strict=True)}}
+                with open(metrics_path, "a") as f:
+                    f.write(json.dumps(rec) + "\n")
+            stopping = dist_util.any_flag(stop.signum is not None, device)
+            if stopping or step % opts["snap_every"] == 0 or step == steps:
+                save(step)
+            if step % opts["grid_every"] == 0 and step < steps and not stopping:
+                grid(step)
+            if stopping:
+                break
+    bar.close()
+    if stop.signum is None:
+        grid(step, final=True)
+    if stop.signum is not None:
+        dist_util.print0(f"\nstopped by signal {stop.signum} after step {step}; "
+                         f"checkpoint saved to {ckpt_path}")
+    return {"step": step, "interrupted": stop.signum, "losses": history, "nets": nets, "emas": emas,
+            "rank": rank}
