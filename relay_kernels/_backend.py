@@ -98,40 +98,58 @@ def _op_kernels(name: str, variant: str) -> Kernels:
 
 
 def _unavailable(name: str, device: torch.device) -> str | None:
+    """None when backend `name` can run on tensors of `device`, else why not."""
+    return unavailable_reason(name, device.type) or None
+
+
+def _constant_under_compile(fn):
+    """torch.compiler.assume_constant_result without importing torch._dynamo at our import time
+    (that import takes seconds and pulls in Triton); this marker is all that decorator sets."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+# These two probe the dispatcher, imports and the environment; under torch.compile their result
+# is a constant of the traced graph (the backend cannot change inside one compiled function).
+@_constant_under_compile
+def unavailable_reason(name: str, device_type: str) -> str:
+    """'' when backend `name` can run on `device_type` tensors, else why not."""
     if name == "reference":
-        return None
+        return ""
     if name == "cpu":
-        if device.type != "cpu":
-            return f"backend 'cpu' runs on CPU tensors, got {device.type} tensors"
-        return compiled_error() if not has_compiled_kernel("cpu") else None
+        if device_type != "cpu":
+            return f"backend 'cpu' runs on CPU tensors, got {device_type} tensors"
+        return "" if has_compiled_kernel("cpu") else (compiled_error() or "no CPU kernels registered")
     if name == "cuda":
-        if device.type != "cuda":
-            return f"backend 'cuda' runs on CUDA tensors, got {device.type} tensors"
+        if device_type != "cuda":
+            return f"backend 'cuda' runs on CUDA tensors, got {device_type} tensors"
         if not has_compiled_kernel("cuda"):
             return compiled_error() or "relay_kernels._C was built without CUDA kernels (CPU-only torch or no toolkit)"
-        return None
+        return ""
     if name == "triton":
-        if device.type == "cpu" and not triton_interpreted():
+        if device_type == "cpu" and not triton_interpreted():
             return "backend 'triton' runs on GPU tensors (set TRITON_INTERPRET=1 to run it on the CPU)"
-        return triton_error()
+        return triton_error() or ""
     raise AssertionError(name)
 
 
 @functools.lru_cache(maxsize=None)
 def _warn_once(message: str) -> None:
-    warnings.warn(message, RuntimeWarning, stacklevel=4)
+    warnings.warn(message, RuntimeWarning, stacklevel=5)
 
 
-def _auto(device: torch.device) -> str:
-    if device.type == "cuda":
+@_constant_under_compile
+def auto_choice(device_type: str) -> str:
+    """auto: cuda, then triton on CUDA tensors; cpu on CPU tensors; reference (warned) otherwise."""
+    if device_type == "cuda":
         for name in ("cuda", "triton"):
-            if _unavailable(name, device) is None:
+            if not unavailable_reason(name, device_type):
                 return name
-    elif device.type == "cpu" and _unavailable("cpu", device) is None:
+    elif device_type == "cpu" and not unavailable_reason("cpu", device_type):
         return "cpu"
-    _warn_once(f"relay_kernels: no fused backend for {device.type} tensors "
-               f"({_unavailable('cuda' if device.type == 'cuda' else 'cpu', device)}); "
-               "using the slow reference backend")
+    fast = "cuda" if device_type == "cuda" else "cpu"
+    _warn_once(f"relay_kernels: no fused backend for {device_type} tensors "
+               f"({unavailable_reason(fast, device_type)}); using the slow reference backend")
     return "reference"
 
 
@@ -139,9 +157,9 @@ def resolve(device: torch.device, name: str | None = None, k: int | None = None)
     """The kernels of backend `name` (default: the selected one) for tensors on `device`."""
     name = _check_name(name or get_backend())
     if name == "auto":
-        name = _auto(device)
-    reason = _unavailable(name, device)
-    if reason is not None:
+        name = auto_choice(device.type)
+    reason = unavailable_reason(name, device.type)
+    if reason:
         raise BackendUnavailableError(f"relay_kernels backend {name!r} is unavailable: {reason}")
     if name != "reference" and k is not None and k not in FUSED_PATCH_SIZES:
         raise ValueError(f"patch size k={k} is not supported by the fused '{name}' kernels "
