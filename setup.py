@@ -37,6 +37,11 @@ def cuda_skip_reason():
 def extensions():
     include = [os.path.join(ROOT, "csrc", "include")]
     cxx = ["-O3", "-std=c++17", "-fno-math-errno"]
+    link = []
+    if sys.platform.startswith("linux"):
+        # at::parallel_for is inline OpenMP in ATen's headers: without -fopenmp it runs serially.
+        cxx.append("-fopenmp")
+        link.append("-fopenmp")
     sources = rel("csrc/cpu/*.cpp")
     reason = cuda_skip_reason()
     if reason is None:
@@ -51,10 +56,12 @@ def extensions():
                 include_dirs=include,
                 define_macros=[("RK_WITH_CUDA", "1")],
                 extra_compile_args={"cxx": cxx, "nvcc": nvcc},
+                extra_link_args=link,
             )
         ]
     print(f"relay_kernels: skipping the CUDA backend: {reason}; building CPU kernels only")
-    return [CppExtension("relay_kernels._C", sources, include_dirs=include, extra_compile_args={"cxx": cxx})]
+    return [CppExtension("relay_kernels._C", sources, include_dirs=include, extra_compile_args={"cxx": cxx},
+                         extra_link_args=link)]
 
 
 setup(

@@ -120,3 +120,23 @@ def test_block_noise_is_block_filter_of_randn(backend, s):
     out = rk.block_noise((2, 3, 8, 16), s, seed=seeds, offset=7, backend=backend)
     expected = reference.block_filter(reference.randn(seeds, (2, 3, 8, 16), 7, torch.float64), s)
     torch.testing.assert_close(out, expected.float(), **NOISE_TOL)
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2", "avx512"])
+def test_cpu_generator_paths_agree(isa):
+    """Each CPU Philox path (chosen at run time from the CPU's features) gives the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    from relay_kernels import _backend
+
+    if _backend._unavailable("cpu", torch.device("cpu")):
+        pytest.skip("compiled CPU backend not built")
+    code = ("import torch, relay_kernels as rk; from relay_kernels import reference as R;"
+            "s = torch.tensor([3, 2**40 + 1]); shape = (2, 3, 8, 40);"
+            "out = rk.randn(shape, s, 2**32 - 300, backend='cpu');"
+            "torch.testing.assert_close(out, R.randn(s, shape, 2**32 - 300), atol=4e-6, rtol=4e-6); print('ok')")
+    env = {**os.environ, "RELAY_KERNELS_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -62,4 +62,23 @@ RK_HD float philox_normal(uint64_t key, uint64_t counter) {
   return normal_from_bits(w.r0, w.r1);
 }
 
+#if defined(__CUDACC__)
+// --use_fast_math maps logf/cosf/sqrtf in device code to approximate instructions (lg2.approx,
+// cos.approx). tl.randn calls libdevice's accurate __nv_logf/__nv_cosf, so the CUDA kernels
+// draw through these, which call libdevice directly and use a correctly rounded sqrt.
+extern "C" __device__ float __nv_logf(float);
+extern "C" __device__ float __nv_cosf(float);
+
+__device__ __forceinline__ float normal_from_bits_precise(uint32_t r0, uint32_t r1) {
+  const float u0 = fmaxf(uniform_from_bits(r0), 1e-7f);
+  const float u1 = uniform_from_bits(r1);
+  return __fsqrt_rn(-2.0f * __nv_logf(u0)) * __nv_cosf(__fmul_rn(kTwoPi, u1));
+}
+
+__device__ __forceinline__ float philox_normal_precise(uint64_t key, uint64_t counter) {
+  const PhiloxWords w = philox4x32_10(key, counter);
+  return normal_from_bits_precise(w.r0, w.r1);
+}
+#endif
+
 }  // namespace relay_kernels
