@@ -19,115 +19,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import relay_kernels as rk
 from relay_kernels import reference
 from relaydiff import sampling
 
 K, S_BLOCK, B_MAX = 4, 0.15, 3.0
 REPO = Path(__file__).resolve().parents[1]
-
-# ---------------------------------------------------------------------------- op shim
-
-
-def _seed_tensor(seed, batch):
-    if isinstance(seed, int):
-        return torch.arange(seed, seed + batch, dtype=torch.int64)
-    return seed
-
-
-def _shim_randn(shape, seed, offset=0, dtype=torch.float32, **_):
-    return reference.randn(_seed_tensor(seed, shape[0]), tuple(shape[1:]), offset, dtype)
-
-
-def _shim_block_noise(shape, block_size=4, seed=0, offset=0, **_):
-    return reference.block_filter(_shim_randn(shape, seed, offset), block_size)
-
-
-def _shim_noise(x, seed, offset):
-    n = math.prod(x.shape[1:])
-    return (_shim_randn(x.shape, seed, offset, x.dtype), _shim_randn(x.shape, seed, offset + n, x.dtype))
-
-
-def _as_t(t, x):
-    return (
-        torch.as_tensor(t, dtype=x.dtype).expand(x.shape[0]) if not torch.is_tensor(t) or t.ndim == 0 else t
-    )
-
-
-def _shim_relay_step(
-    x_cur,
-    den,
-    t_cur,
-    t_next,
-    k=4,
-    s_noise=0.2,
-    s_block=0.15,
-    blur_sigma_max=3.0,
-    prob_length=0.93,
-    min_scale=1e-3,
-    seed=0,
-    offset=0,
-):
-    return reference.relay_step(
-        x_cur,
-        den,
-        _as_t(t_cur, x_cur),
-        _as_t(t_next, x_cur),
-        _shim_noise(x_cur, seed, offset),
-        k,
-        s_noise,
-        s_block,
-        blur_sigma_max,
-        prob_length,
-        min_scale,
-    )
-
-
-def _shim_relay_correct(
-    x_cur,
-    den,
-    x_next,
-    den_next,
-    t_cur,
-    t_next,
-    k=4,
-    s_noise=0.2,
-    s_block=0.15,
-    blur_sigma_max=3.0,
-    prob_length=0.93,
-    min_scale=1e-3,
-    seed=0,
-    offset=0,
-):
-    return reference.relay_correct(
-        x_cur,
-        den,
-        x_next,
-        den_next,
-        _as_t(t_cur, x_cur),
-        _as_t(t_next, x_cur),
-        _shim_noise(x_cur, seed, offset),
-        k,
-        s_noise,
-        s_block,
-        blur_sigma_max,
-        prob_length,
-        min_scale,
-    )
-
-
-@pytest.fixture(autouse=True)
-def relay_ops(monkeypatch):
-    """Use the library's ops when it exports them; otherwise a shim over relay_kernels.reference."""
-    for name, shim in [
-        ("randn", _shim_randn),
-        ("block_noise", _shim_block_noise),
-        ("relay_step", _shim_relay_step),
-        ("relay_correct", _shim_relay_correct),
-    ]:
-        if not hasattr(rk, name):
-            monkeypatch.setattr(rk, name, shim, raising=False)
-
 
 # ---------------------------------------------------------------------------- exact denoisers
 
@@ -432,18 +328,13 @@ def test_sample_cli_missing_run_dir(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_sample_cli_end_to_end(tmp_path):
-    pytest.importorskip(
-        "relaydiff.train", reason="relaydiff.train (teammate's training code) is not present yet"
-    )
-    pytest.importorskip("relaydiff.checkpoint", reason="relaydiff.checkpoint is not present yet")
-    train_help = (REPO / "relaydiff" / "train.py").read_text()
-    if "--tiny" not in train_help and "--smoke" not in train_help:
-        pytest.skip("relaydiff.train offers no --tiny/--smoke option for a seconds-long training run")
-    flag = "--tiny" if "--tiny" in train_help else "--smoke"
+    """Train a tiny two-stage run from the CLI, then sample it from the CLI."""
     run = tmp_path / "run"
     env = dict(os.environ)
+    small = ["--steps", "4", "--batch", "4", "--resolution", "16", "--channels", "8", "--snap-every", "4",
+             "--grid-every", "4", "--preview-steps", "2", "--progress", "false"]
     r = subprocess.run(
-        [sys.executable, "-m", "relaydiff.train", flag, "--outdir", str(run)],
+        [sys.executable, "-m", "relaydiff.train", *small, "--outdir", str(run)],
         cwd=REPO,
         capture_output=True,
         text=True,
