@@ -42,7 +42,8 @@ def format_group(op, dtype, times, nbytes):
     copy_bw = TENSORS_MOVED["copy"] * nbytes / copy_t / 1e9
     ref = times.get("best plain PyTorch, compiled", times.get("best plain PyTorch"))
     lines = [f"\n### {op}, {str(dtype).replace('torch.', '')}\n",
-             "| implementation | median µs | GB/s | % copy BW | x copy | x randn_like | speedup vs best plain (compiled) |",
+             "| implementation | median µs | GB/s | % copy BW | x copy | x randn_like "
+             "| speedup vs best plain (compiled) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for name, t in times.items():
         moved = TENSORS_MOVED["copy" if name.startswith("copy") else "randn_like" if "randn" in name else op]
@@ -67,7 +68,8 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     default_shape = "64,3,256,256" if args.device.startswith("cuda") else "16,3,256,256"
     shape = tuple(int(s) for s in (args.shape or default_shape).split(","))
-    machine = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor() or platform.machine()
+    on_gpu = args.device.startswith("cuda")
+    machine = torch.cuda.get_device_name() if on_gpu else platform.processor() or platform.machine()
     print(f"# relay_kernels benchmark: shape {list(shape)}, device {args.device} ({machine}), "
           f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, relay_kernels {rk.__version__}")
     for op in args.ops.split(","):

@@ -15,6 +15,7 @@ from . import _validate as check
 from . import reference
 from ._backend import resolve
 
+
 def _kernels(x: torch.Tensor, k: int | None = None, backend: str | None = None):
     return resolve(x.device, backend, k)
 

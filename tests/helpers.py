@@ -1,7 +1,6 @@
 """Small helpers the test files share (conftest holds fixtures; this holds plain functions)."""
 
 import torch
-
 from conftest import ATOL, DTYPES, SHAPES, assert_close_to_truth, layouts, rand_image  # noqa: F401
 
 

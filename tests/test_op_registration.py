@@ -52,7 +52,7 @@ def test_gradients_match_reference(backend, case):
     leaves = [a for a in _flat(args) if isinstance(a, torch.Tensor) and a.requires_grad]
     got = torch.autograd.grad(out, leaves, grad_out, allow_unused=True)
     want = torch.autograd.grad(getattr(reference, name)(*args), leaves, grad_out, allow_unused=True)
-    for g, w in zip(got, want):
+    for g, w in zip(got, want, strict=True):
         assert (g is None) == (w is None)
         if g is not None:
             torch.testing.assert_close(g, w, atol=1e-10, rtol=1e-10)
