@@ -117,6 +117,7 @@ def parse_args(argv=None):
     c.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
     c.add_argument("--device", default="cpu", help="torch device for Inception")
     c.add_argument("--json", default=None, help="also write the results to this JSON file")
+    c.add_argument("--psd-plot", default=None, help="also plot both sets' RAPSD (log10 power) to this PNG")
     s = sub.add_parser(
         "snr", help="SNR versus frequency at several resolutions (RDM Figure 2)", formatter_class=fmt
     )
@@ -142,6 +143,10 @@ def main(argv=None) -> int:
             ref = load_images(args.ref, gen.shape[-1], args.max_images)
             res = compare(gen, ref, names, args.inception, args.batch, args.device, args.kid_subsets)
             print(json.dumps(res, indent=2))
+            if args.psd_plot:
+                curves = metrics.rapsd_curves({"real": to_float(ref), "generated": to_float(gen)})
+                metrics.plot_curves(curves, args.psd_plot, "RAPSD, real vs generated", "log10 power")
+                print(f"wrote {args.psd_plot}")
             if args.json:
                 with open(args.json, "w") as f:
                     json.dump(res, f, indent=2)

@@ -166,20 +166,34 @@ def snr_curves(images: torch.Tensor, resolutions, sigma: float):
 
 
 def plot_snr(curves: dict, path: str, title: str = "SNR vs frequency") -> str:
-    """Write the curves as a PNG: matplotlib when installed, else a plain PIL line chart."""
+    """Write SNR curves ({resolution: (f, dB)}) as a PNG."""
+    return plot_curves({f"{res}x{res}": c for res, c in curves.items()}, path, title, "SNR (dB)")
+
+
+def rapsd_curves(sets: dict) -> dict:
+    """{name: (frequency, log10 RAPSD)} of each image set's mean spectrum (DC excluded)."""
+    out = {}
+    for name, images in sets.items():
+        p = rapsd(images).mean(0)[1:]
+        out[name] = (torch.arange(1, p.numel() + 1, dtype=torch.float64).numpy(), torch.log10(p + 1e-12).numpy())
+    return out
+
+
+def plot_curves(curves: dict, path: str, title: str, ylabel: str) -> str:
+    """Write {label: (x, y)} curves as a PNG: matplotlib when installed, else a plain PIL chart."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return _plot_pil(curves, path, title)
+        return _plot_pil(curves, path, title, ylabel)
     fig, ax = plt.subplots(figsize=(5, 3.5), dpi=120)
-    for res, (f, snr) in curves.items():
-        ax.plot(f, snr, label=f"{res}x{res}")
+    for label, (f, y) in curves.items():
+        ax.plot(f, y, label=label)
     ax.set_xlabel("frequency (cycles per image width)")
     ax.set_xscale("log")
-    ax.set_ylabel("SNR (dB)")
+    ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.legend()
     fig.tight_layout()
@@ -191,7 +205,7 @@ def plot_snr(curves: dict, path: str, title: str = "SNR vs frequency") -> str:
 _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75)]
 
 
-def _plot_pil(curves: dict, path: str, title: str) -> str:
+def _plot_pil(curves: dict, path: str, title: str, ylabel: str) -> str:
     from PIL import Image, ImageDraw
 
     w, h, left, right, top, bottom = 640, 440, 60, 20, 30, 45
@@ -201,8 +215,9 @@ def _plot_pil(curves: dict, path: str, title: str) -> str:
     ys = np.concatenate([c[1] for c in curves.values()])
     ys = ys[np.isfinite(ys)]
     x0, x1 = 0.0, float(xs.max())
-    y0, y1 = math.floor(ys.min() / 10) * 10, math.ceil(ys.max() / 10) * 10
-    y1 = y1 if y1 > y0 else y0 + 10
+    step = 10 if ys.max() - ys.min() > 10 else 1
+    y0, y1 = math.floor(ys.min() / step) * step, math.ceil(ys.max() / step) * step
+    y1 = y1 if y1 > y0 else y0 + step
 
     def px(x, y):
         return (
@@ -218,18 +233,18 @@ def _plot_pil(curves: dict, path: str, title: str) -> str:
         draw.line([gx, h - bottom, gx, h - bottom + 4], fill="black")
         draw.text((gx - 12, h - bottom + 6), f"{xv:.0f}", fill="black")
         draw.line([left - 4, gy, left, gy], fill="black")
-        draw.text((5, gy - 6), f"{yv:.0f}", fill="black")
+        draw.text((5, gy - 6), f"{yv:.3g}", fill="black")
     draw.text((left + 150, h - 15), "frequency (cycles per image width)", fill="black")
-    draw.text((5, 8), "SNR (dB)", fill="black")
+    draw.text((5, 8), ylabel, fill="black")
     draw.text((left + 200, 8), title, fill="black")
-    for n, (res, (f, snr)) in enumerate(curves.items()):
+    for n, (label, (f, snr)) in enumerate(curves.items()):
         color = _COLORS[n % len(_COLORS)]
         pts = [px(a, b) for a, b in zip(f, snr, strict=False) if np.isfinite(b)]
         if len(pts) > 1:
             draw.line(pts, fill=color, width=2)
         ly = top + 10 + 16 * n
         draw.line([w - right - 110, ly + 6, w - right - 85, ly + 6], fill=color, width=3)
-        draw.text((w - right - 80, ly), f"{res}x{res}", fill="black")
+        draw.text((w - right - 80, ly), str(label), fill="black")
     img.save(path)
     return path
 

@@ -172,3 +172,17 @@ def test_eval_cli_help_shows_defaults(capsys):
         rd_eval.parse_args(["compare", "--help"])
     out = " ".join(capsys.readouterr().out.split())
     assert exc.value.code == 0 and "(default: fid,kid)" in out
+
+
+def test_psd_plot_of_real_vs_generated(tmp_path):
+    from relaydiff import metrics
+
+    g = torch.Generator().manual_seed(0)
+    real = torch.randn(4, 3, 32, 32, generator=g, dtype=torch.float64)
+    blurred = torch.nn.functional.avg_pool2d(real, 3, stride=1, padding=1)
+    curves = metrics.rapsd_curves({"real": real, "generated": blurred})
+    assert curves["generated"][1][-1] < curves["real"][1][-1] - 0.5  # high frequencies lost
+    path = metrics.plot_curves(curves, str(tmp_path / "psd.png"), "RAPSD", "log10 power")
+    from PIL import Image
+
+    assert Image.open(path).size[0] > 100
