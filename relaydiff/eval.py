@@ -35,14 +35,25 @@ def _skip(name: str) -> bool:
 
 
 def load_images(path: str, resolution: int | None = None, max_images: int | None = None) -> torch.Tensor:
-    """uint8 RGB [N, 3, R, R] from a folder (recursive) or a zip; grid*.png files are skipped.
+    """uint8 RGB [N, 3, R, R] from a folder or a zip; grid*.png files are skipped.
 
     Images are resized (Lanczos) to `resolution` when given, else to the first image's size.
+    `builtin` names the built-in training set (relaydiff.dataset.builtin_dataset) at `resolution`.
     """
+    if path == "builtin":
+        from .dataset import builtin_dataset
+
+        images = builtin_dataset(resolution or 32).images
+        return images[:max_images] if max_images else images
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: no such folder or zip")
     if os.path.isdir(path):
-        names = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if not _skip(f))
+        # The folder's own images; only when it has none, those of its subfolders (class folders),
+        # so a sample folder's stage1/ previews are not mixed into its final outputs.
+        names = sorted(os.path.join(path, f) for f in os.listdir(path)
+                       if os.path.isfile(os.path.join(path, f)) and not _skip(f))
+        if not names:
+            names = sorted(os.path.join(r, f) for r, _, fs in os.walk(path) for f in fs if not _skip(f))
         read = lambda n: PIL.Image.open(n)  # noqa: E731
     else:
         try:
@@ -106,7 +117,7 @@ def parse_args(argv=None):
         "compare", help="FID/KID/RAPSD/SWD between generated and real images", formatter_class=fmt
     )
     c.add_argument("--gen", required=True, help="folder or zip of generated images")
-    c.add_argument("--ref", required=True, help="folder or zip of real images")
+    c.add_argument("--ref", required=True, help="folder or zip of real images, or 'builtin' (the default training set)")
     c.add_argument("--metrics", default="fid,kid", help=f"comma list of {', '.join(ALL_METRICS)}")
     c.add_argument("--inception", default=None, help="local Inception-v3 TorchScript file (for fid, kid)")
     c.add_argument(
