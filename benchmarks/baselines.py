@@ -97,6 +97,22 @@ def released_relay_step(x, den, t_cur, t_next, k=4, s_noise=0.2, s_block=0.15):
     return out.to(x.dtype)
 
 
+def released_relay_correct(x, den, x_next, den_next, t_cur, t_next, k=4, s_noise=0.2, s_block=0.15):
+    """Heun correction in the released sampler's U, D, D' form with FFT DCTs and rolled block noise."""
+    a_c = reference.alpha(t_cur.float(), k)[:, None, None, None]
+    a_n = reference.alpha(t_next.float(), k)[:, None, None, None]
+    g = (math.sqrt(1 - s_noise**2) * t_next.float() / t_cur.float())[:, None, None, None, None, None]
+    tc = t_cur.float()[:, None, None, None, None, None]
+    tn = t_next.float()[:, None, None, None, None, None]
+    u = released_dct_2d(_patchify(x.float(), k))
+    d = (u - released_dct_2d(_patchify(den.float(), k))) / tc
+    d_prime = (released_dct_2d(_patchify(x_next.float(), k)) - released_dct_2d(_patchify(den_next.float(), k))) / tn
+    spec = (a_n + g - g * a_c) * u + tc * (g * a_c - a_n) * (d + d_prime) / 2
+    n = torch.randn_like(x) + s_block * released_block_noise(x, k)
+    out = _unpatchify(released_idct_2d(spec)) + s_noise * t_next.float()[:, None, None, None] * n
+    return out.to(x.dtype)
+
+
 def released_relay_corrupt(x0, sigma, blur_sigma, k=4, block_scale=0.15):
     n = torch.randn_like(x0) + block_scale * released_block_noise(x0, k)
     return released_patch_blur(x0, blur_sigma, k) + sigma[:, None, None, None].to(x0.dtype) * n
@@ -146,3 +162,14 @@ def best_relay_step(x, den, t_cur, t_next, k=4, s_noise=0.2, s_block=0.15):
 def best_relay_corrupt(x0, sigma, blur_sigma, k=4, block_scale=0.15):
     n = torch.randn_like(x0) + block_scale * best_block_noise(x0, k)
     return best_patch_blur(x0, blur_sigma, k) + sigma[:, None, None, None].to(x0.dtype) * n
+
+
+def best_relay_correct(x, den, x_next, den_next, t_cur, t_next, k=4, s_noise=0.2, s_block=0.15):
+    """Heun correction as one [B, 4 k^2, k^2] operator on the four stacked inputs' patches."""
+    w, scale = reference.relay_correct_weights(t_cur.float(), t_next.float(), k, s_noise, 3.0, 0.93, 1e-3)
+    ops = torch.cat([spectral_operator(w[:, j]) for j in range(4)], dim=2)  # [B, k^2, 4 k^2]
+    b, c, h, wd = x.shape
+    patches = torch.cat([_patchify(t.float(), k).reshape(b, -1, k * k) for t in (x, den, x_next, den_next)], dim=2)
+    out = _unpatchify(torch.bmm(patches, ops.transpose(1, 2)).reshape(b, c, h // k, wd // k, k, k))
+    n = torch.randn_like(x) + s_block * best_block_noise(x, k)
+    return (out + scale[:, None, None, None] * n).to(x.dtype)

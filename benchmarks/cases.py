@@ -83,15 +83,16 @@ def implementations(op: str, inp: Inputs, fused_backends: list[str], compile_bes
                                                   backend=be))
         best_c = lambda: _compiled(base.best_relay_step)(x, inp.den, inp.t_cur, inp.t_next)  # noqa: E731
     elif op == "relay_correct":
-        best = None
-        fused = lambda be: (lambda: rk.relay_correct(x, inp.den, inp.x_next, inp.den_next, inp.t_cur,  # noqa: E731
-                                                     inp.t_next, seed=inp.seeds, backend=be))
+        args = (x, inp.den, inp.x_next, inp.den_next, inp.t_cur, inp.t_next)
+        impls["released (FFT DCT, rolled)"] = lambda: base.released_relay_correct(*args)
+        best = lambda: base.best_relay_correct(*args)  # noqa: E731
+        fused = lambda be: (lambda: rk.relay_correct(*args, seed=inp.seeds, backend=be))  # noqa: E731
+        best_c = lambda: _compiled(base.best_relay_correct)(*args)  # noqa: E731
     else:
         raise ValueError(op)
-    if best is not None:
-        impls["best plain PyTorch"] = best
-        if compile_best:
-            impls["best plain PyTorch, compiled"] = best_c
+    impls["best plain PyTorch"] = best
+    if compile_best:
+        impls["best plain PyTorch, compiled"] = best_c
     for be in fused_backends:
         impls[f"fused {be}"] = fused(be)
     return impls

@@ -32,3 +32,13 @@ def test_relay_step_formulations_agree_without_noise():
     want = reference.relay_step(x, den, tc, tn, (zero, zero), s_noise=0.0)
     torch.testing.assert_close(base.released_relay_step(x, den, tc, tn, s_noise=0.0), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(base.best_relay_step(x, den, tc, tn, s_noise=0.0), want, atol=1e-5, rtol=1e-5)
+
+
+def test_relay_correct_formulations_agree_without_noise():
+    x, den, xn, dn = (rand_image((2, 3, 8, 12), torch.float32, i) for i in range(4))
+    tc, tn = torch.tensor([0.8, 0.6]), torch.tensor([0.5, 0.2])
+    zero = torch.zeros_like(x)
+    want = reference.relay_correct(x, den, xn, dn, tc, tn, (zero, zero), s_noise=0.0)
+    got_released = base.released_relay_correct(x, den, xn, dn, tc, tn, s_noise=0.0)
+    torch.testing.assert_close(got_released, want, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(base.best_relay_correct(x, den, xn, dn, tc, tn, s_noise=0.0), want, atol=1e-5, rtol=1e-5)
