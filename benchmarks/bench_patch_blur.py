@@ -1,7 +1,8 @@
 """patch_blur: fused backends against the copy, randn_like, the released formulation and the best plain one."""
 
 import pytest
-from conftest import impl_names, run_bench
+
+from benchmarks.suite import impl_names, run_bench
 
 
 @pytest.mark.parametrize("impl", impl_names("patch_blur"))

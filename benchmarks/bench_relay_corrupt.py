@@ -1,7 +1,8 @@
 """relay_corrupt: fused backends against the copy, randn_like, the released formulation and the best plain one."""
 
 import pytest
-from conftest import impl_names, run_bench
+
+from benchmarks.suite import impl_names, run_bench
 
 
 @pytest.mark.parametrize("impl", impl_names("relay_corrupt"))
