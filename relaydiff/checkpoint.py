@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import tempfile
 
 import torch
@@ -34,10 +35,19 @@ CHECKPOINT_NAME = "checkpoint.pt"
 CONFIG_NAME = "config.json"
 
 
+def _umask_mode() -> int:
+    """The mode open() gives a new file (0o666 less the umask); os.umask only reads by setting."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def _atomic_write(path: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
     try:
+        # mkstemp makes the file 0600; the renamed file should get the usual mode, as open() would.
+        os.chmod(tmp, _umask_mode())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -78,7 +88,12 @@ def resolve_path(path: str) -> str:
 def load_checkpoint(path: str, map_location="cpu") -> dict:
     """The checkpoint dict (see the layout above) with "config" parsed to a dict."""
     path = resolve_path(path)
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:
+        # Garbage, truncated or unreadable: name the file instead of torch.load's traceback.
+        why = exc.strerror if isinstance(exc, PermissionError) else f"corrupt or truncated ({type(exc).__name__})"
+        raise ValueError(f"{path}: cannot load the checkpoint: {why}") from exc
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path}: not a relaydiff checkpoint (format {FORMAT})")
     state["config"] = json.loads(state["config"])

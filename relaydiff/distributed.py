@@ -26,6 +26,26 @@ def get_world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
+def resolve_device(name: str) -> torch.device:
+    """--device text -> torch.device: auto (cuda when available, else cpu), cpu, cuda, cuda:N.
+
+    ValueError (a one-line message for the CLIs) for a name torch does not know or a GPU that is
+    not there, rather than a traceback from deep inside the first .to(device).
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as exc:
+        raise ValueError(f"--device {name!r} is not a torch device: use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available here (use --device cpu or auto)")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {name}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return device
+
+
 def local_device(device: torch.device) -> torch.device:
     """cuda -> this rank's GPU (LOCAL_RANK); cpu stays cpu."""
     if device.type == "cuda" and device.index is None:

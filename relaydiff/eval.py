@@ -5,8 +5,9 @@
     python -m relaydiff.eval compare --gen out/ --ref real/ --metrics rapsd,swd      # no weights needed
     python -m relaydiff.eval snr --images real/ --resolutions 64,256 --sigma 0.5 --out snr.png
 
-FID/KID need the Inception-v3 TorchScript file named by --inception (never downloaded; the error says
-where to get it). RAPSD distance, SWD and the SNR plot need no weights.
+FID/KID need the Inception-v3 TorchScript file named by --inception, sFID a TorchScript file giving
+Inception's spatial mixed_6/conv map named by --sfid-detector (neither is downloaded; the errors say
+where to get or how to make them). RAPSD distance, SWD and the SNR plot need no weights.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ ALL_METRICS = ("fid", "kid", "sfid") + WEIGHT_FREE
 def _skip(name: str) -> bool:
     base = os.path.basename(name).lower()
     return base.startswith("grid") or not base.endswith(IMAGE_EXTS)
+
+
+class ImageError(ValueError):
+    """An image file PIL cannot read (corrupt, truncated, not an image); names the file."""
 
 
 def load_images(path: str, resolution: int | None = None, max_images: int | None = None) -> torch.Tensor:
@@ -67,7 +72,11 @@ def load_images(path: str, resolution: int | None = None, max_images: int | None
         raise ValueError(f"{path}: no images ({', '.join(IMAGE_EXTS)})")
     out = []
     for n in names:
-        img = read(n).convert("RGB")
+        try:
+            img = read(n).convert("RGB")
+        except (OSError, ValueError, zipfile.BadZipFile) as exc:  # PIL's UnidentifiedImageError is an OSError
+            where = n if os.path.isdir(path) else f"{path}:{n}"  # a zip member: the zip, then its name
+            raise ImageError(f"{where}: not a readable image ({exc})") from exc
         resolution = resolution or img.size[0]
         if img.size != (resolution, resolution):
             img = img.resize((resolution, resolution), PIL.Image.LANCZOS)
@@ -80,16 +89,16 @@ def to_float(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def compare(
-    gen: torch.Tensor, ref: torch.Tensor, names, inception=None, batch=64, device="cpu", kid_subsets=100
+    gen: torch.Tensor, ref: torch.Tensor, names, inception=None, batch=64, device="cpu", kid_subsets=100,
+    sfid_detector=None,
 ) -> dict:
     """Metrics between uint8 image sets (same resolution)."""
     results = {"num_gen": int(gen.shape[0]), "num_ref": int(ref.shape[0])}
     if "sfid" in names:
-        raise ValueError(
-            "sfid needs Inception's spatial mixed_6/conv features, which the FID TorchScript "
-            "detector does not expose; metrics.sfid_features + frechet_distance compute it from "
-            "such features"
-        )
+        detector = metrics.load_sfid_detector(sfid_detector, device)
+        sg = metrics.spatial_features(detector, gen, batch, device)
+        sr = metrics.spatial_features(detector, ref, batch, device)
+        results["sfid"] = metrics.fid_from_features(sg, sr)
     if {"fid", "kid"} & set(names):
         detector = metrics.load_inception(inception, device)
         fg = metrics.inception_features(detector, gen, batch, device)
@@ -120,6 +129,8 @@ def parse_args(argv=None):
     c.add_argument("--ref", required=True, help="folder or zip of real images, or 'builtin' (the default training set)")
     c.add_argument("--metrics", default="fid,kid", help=f"comma list of {', '.join(ALL_METRICS)}")
     c.add_argument("--inception", default=None, help="local Inception-v3 TorchScript file (for fid, kid)")
+    c.add_argument("--sfid-detector", default=None,
+                   help="local TorchScript file giving Inception's spatial mixed_6/conv map (for sfid)")
     c.add_argument(
         "--resolution", type=int, default=None, help="resize both sets to this (default: gen's size)"
     )
@@ -150,9 +161,12 @@ def main(argv=None) -> int:
                 raise ValueError(f"unknown metric(s) {bad}; choose from {', '.join(ALL_METRICS)}")
             if {"fid", "kid"} & set(names):
                 metrics.load_inception(args.inception, "cpu")  # fail before reading any image
+            if "sfid" in names:
+                metrics.load_sfid_detector(args.sfid_detector, "cpu")
             gen = load_images(args.gen, args.resolution, args.max_images)
             ref = load_images(args.ref, gen.shape[-1], args.max_images)
-            res = compare(gen, ref, names, args.inception, args.batch, args.device, args.kid_subsets)
+            res = compare(gen, ref, names, args.inception, args.batch, args.device, args.kid_subsets,
+                          args.sfid_detector)
             print(json.dumps(res, indent=2))
             if args.psd_plot:
                 curves = metrics.rapsd_curves({"real": to_float(ref), "generated": to_float(gen)})
@@ -167,6 +181,9 @@ def main(argv=None) -> int:
             curves = metrics.snr_curves(images, resolutions, args.sigma)
             metrics.plot_snr(curves, args.out, f"SNR at sigma={args.sigma}")
             print(f"wrote {args.out}")
+    except ImageError as exc:  # a bad input file: the message and status of a usage error
+        print(f"relaydiff.eval: error: {exc}", file=sys.stderr)
+        return 2
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -96,6 +96,42 @@ def load_inception(path: str | None, device="cpu"):
         raise ValueError(f"{path!r} is not a TorchScript module ({exc}). " + INCEPTION_HELP) from exc
 
 
+SFID_HELP = (
+    "sFID needs Inception-v3's spatial mixed_6/conv feature map (the layer of Nash et al. 2021 and of the "
+    "ADM evaluator), which the FID detector does not return. Pass --sfid-detector with a local TorchScript "
+    "file that maps uint8 NCHW RGB images to that map, [N, C, 17, 17] for 299x299 inputs (for example an "
+    "Inception-v3 truncated after the first conv of its Mixed_6 block, resizing inside, saved with "
+    "torch.jit.save); its first 7 channels, flattened, are the sFID features."
+)
+
+
+def load_sfid_detector(path: str | None, device="cpu"):
+    """The spatial (mixed_6/conv) feature detector for sFID from a local TorchScript file."""
+    if not path:
+        raise FileNotFoundError("no sFID detector given. " + SFID_HELP)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"sFID detector {path!r} not found. " + SFID_HELP)
+    try:
+        return torch.jit.load(path, map_location=device).eval()
+    except (RuntimeError, ValueError) as exc:
+        raise ValueError(f"{path!r} is not a TorchScript module ({exc}). " + SFID_HELP) from exc
+
+
+@torch.no_grad()
+def spatial_features(detector, images_uint8: torch.Tensor, batch=64, device="cpu") -> np.ndarray:
+    """[N, 7 h w] sFID features of uint8 NCHW images (grayscale repeated to RGB)."""
+    out = []
+    for i in range(0, images_uint8.shape[0], batch):
+        x = images_uint8[i : i + batch].to(device)
+        if x.shape[1] == 1:
+            x = x.repeat(1, 3, 1, 1)
+        spatial = detector(x)
+        if spatial.dim() != 4:
+            raise ValueError(f"the sFID detector returned shape {tuple(spatial.shape)}, not [N, C, h, w]. " + SFID_HELP)
+        out.append(sfid_features(spatial.to(torch.float64)).cpu())
+    return torch.cat(out).numpy()
+
+
 @torch.no_grad()
 def inception_features(detector, images_uint8: torch.Tensor, batch=64, device="cpu") -> np.ndarray:
     """[N, 2048] pool features of uint8 NCHW images (grayscale repeated to RGB)."""

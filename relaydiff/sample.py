@@ -1,13 +1,14 @@
 """Generate images with a trained Relay Diffusion run (as NVlabs/edm `generate.py`).
 
     python -m relaydiff.sample --run RUN --stages both --seeds 0-63 --outdir out
-    torchrun --nproc_per_node=4 -m relaydiff.sample --run RUN --seeds 0-999 --outdir out --device cuda
+    torchrun --nproc_per_node=4 -m relaydiff.sample -- --run RUN --seeds 0-999 --outdir out --device cuda
 
-Every image depends only on its seed (per-image Philox streams), so the result does not depend on
---batch or on the number of ranks; under torchrun rank r takes seeds[r::world]. Writes
-OUTDIR/SEED.png for the final stage (OUTDIR/stage1/SEED.png too with --stages both) and OUTDIR/grid.png.
---stages second refines the low-resolution images in --low-res (files SEED.png, e.g. the output of
---stages first).
+The `--` ends torchrun's own options (without it torchrun takes --run for an abbreviation of its
+--run-path and stops). Every image depends only on its seed (per-image Philox streams), so the
+result does not depend on --batch or on the number of ranks; under torchrun rank r takes
+seeds[r::world]. Writes OUTDIR/SEED.png for the final stage (OUTDIR/stage1/SEED.png too with
+--stages both) and OUTDIR/grid.png. --stages second refines the low-resolution images in --low-res
+(files SEED.png, e.g. the output of --stages first), which must be resolution / k pixels wide.
 """
 
 from __future__ import annotations
@@ -117,12 +118,8 @@ def load_stages(args, device):
     if args.stages != "first" and not relay:
         raise ValueError(f"{path} has no relay-stage network (stages: {available}); train stage 2 first")
     nets = [(s, *load_network(path, s, ema=not args.no_ema, device=device)) for s in want]
-    for (_, prev, _), (s, net, _) in zip(nets, nets[1:], strict=False):
-        if net.img_resolution % prev.img_resolution:
-            raise ValueError(
-                f"stage {s} resolution {net.img_resolution} is not a multiple of the previous "
-                f"stage's {prev.img_resolution}"
-            )
+    for (_, prev, _), (s, net, cfg) in zip(nets, nets[1:], strict=False):
+        check_low_res(prev.img_resolution, net, cfg, f"stage {s} follows a stage that makes")
         if net.img_channels != prev.img_channels:
             raise ValueError(
                 f"stage {s} has {net.img_channels} channels, the previous stage {prev.img_channels}"
@@ -132,9 +129,25 @@ def load_stages(args, device):
     return nets
 
 
+def relay_k(cfg: dict) -> int:
+    """The relay factor of a stage config: its upsampling factor and DCT patch size."""
+    return int(cfg.get("k", cfg.get("loss", {}).get("kwargs", {}).get("k", 4)))
+
+
+def check_low_res(size: int, net, cfg: dict, what: str) -> None:
+    """A relay stage starts from its input upsampled by k (one k x k patch per pixel, the fully
+    blurred state of training), so that input must be exactly resolution / k pixels wide."""
+    k = relay_k(cfg)
+    if size * k != net.img_resolution:
+        raise ValueError(
+            f"{what} {size}px images, but the relay net makes {net.img_resolution}px from "
+            f"{net.img_resolution // k}px inputs (k={k})"
+        )
+
+
 def relay_kwargs(cfg: dict, steps, args) -> dict:
     loss = cfg.get("loss", {}).get("kwargs", {})
-    k = int(cfg.get("k", loss.get("k", 4)))
+    k = relay_k(cfg)
     s_block = args.s_block if args.s_block is not None else float(loss.get("block_scale", 0.15))
     return dict(
         num_steps=int(steps),
@@ -214,7 +227,7 @@ def write_grid(paths, out_path, cols=None) -> None:
 
 
 def generate(args) -> list[str]:
-    device = dist_util.local_device(torch.device(args.device))
+    device = dist_util.local_device(dist_util.resolve_device(args.device))
     dist_util.init(device)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
     nets = load_stages(args, device)
@@ -241,11 +254,9 @@ def generate(args) -> list[str]:
         x_low = None
         if not has_stage1:
             x_low = load_low_res(args.low_res, batch_seeds, relays[0][0].img_channels, device)
-            if relays[0][0].img_resolution % x_low.shape[-1]:
-                raise ValueError(
-                    f"--low-res images are {x_low.shape[-1]}px; the relay net makes "
-                    f"{relays[0][0].img_resolution}px, not a multiple"
-                )
+            if x_low.shape[-2] != x_low.shape[-1]:
+                raise ValueError(f"--low-res images are {x_low.shape[-1]}x{x_low.shape[-2]}, not square")
+            check_low_res(x_low.shape[-1], *relays[0], f"--low-res {args.low_res} has")
         outs, nfe = sampling.sample_cascade(
             stage1,
             [net for net, _ in relays],
@@ -284,6 +295,11 @@ def main(argv=None) -> int:
         return 2
     if args.batch < 1:
         print("error: --batch must be positive", file=sys.stderr)
+        return 2
+    try:
+        dist_util.resolve_device(args.device)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
         return 2
     try:
         generate(args)

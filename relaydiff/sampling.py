@@ -213,17 +213,27 @@ def sample_relay(
     x = upsample_nearest(x_low) + t_0 n, then Euler steps (rk.relay_step) with a Heun correction
     (rk.relay_correct) on every step but the last; returns den at the last listed step. The output
     resolution is net.img_resolution when the net has it (up_scale = ratio), else up_scale * the
-    input's. Noise for image b comes from its stream seeds[b]: the start at counters
-    [offset, offset + 2N), each op call the next 2N. Network evaluations: 2 M - 1 for M listed steps.
+    input's; up_scale must be an integer >= 2. Noise for image b comes from its stream seeds[b]: the
+    start at counters [offset, offset + 2N), each op call the next 2N. Network evaluations: 2 M - 1
+    for M listed steps.
     """
+    if x_low.dim() != 4:
+        raise ValueError(f"x_low must be a [B, C, H, W] batch, not shape {tuple(x_low.shape)}")
     batch, device, dtype = x_low.shape[0], x_low.device, x_low.dtype
+    res = getattr(net, "img_resolution", None)
     if up_scale is None:
-        res = getattr(net, "img_resolution", None)
         if res is None:
             raise ValueError("give up_scale, or a net with img_resolution")
         if res % x_low.shape[-1]:
             raise ValueError(f"net resolution {res} is not a multiple of the input's {x_low.shape[-1]}")
         up_scale = res // x_low.shape[-1]
+    # The relay starts from an upsampled image: up_scale 1 (an input already at the net's
+    # resolution) or a fractional one is a caller's mistake, not something to run silently.
+    if isinstance(up_scale, bool) or not float(up_scale).is_integer() or up_scale < 2:
+        raise ValueError(f"up_scale must be an integer >= 2 (input {x_low.shape[-1]}px), got {up_scale}")
+    up_scale = int(up_scale)
+    if res is not None and x_low.shape[-1] * up_scale != res:
+        raise ValueError(f"{x_low.shape[-1]}px input x up_scale {up_scale} is not the net's resolution {res}")
     seeds = as_seeds(seeds, batch, device)
 
     # Schedule on the host once, then one copy: row i is t_i for every image ([B], contiguous).
@@ -243,7 +253,7 @@ def sample_relay(
     )
 
     # Start (Algorithm 1 line 1): nearest upsampling plus block-noise mix at t_0.
-    x = F.interpolate(x_low, scale_factor=up_scale, mode="nearest") if up_scale != 1 else x_low
+    x = F.interpolate(x_low, scale_factor=up_scale, mode="nearest")
     chw = tuple(x.shape[1:])
     two_n = 2 * math.prod(chw)
     x = x + t_host[0].item() * relay_noise(seeds, chw, k, s_block, offset, device, dtype)

@@ -4,18 +4,32 @@ With no options it trains both stages on the built-in dataset (crops of scikit-i
 photographs): stage 1 at 8x8, the relay stage at 32x32, in a few minutes on a laptop CPU, and
 writes RUN/checkpoint.pt, RUN/metrics.jsonl and RUN/grid.png (see relaydiff/checkpoint.py).
 
-Data parallel: `torchrun --nproc_per_node=N -m relaydiff.train ...` (gloo on CPU, nccl on CUDA);
+`--outdir RUN --resume` continues RUN with the options it was started with (RUN/config.json).
+Options given again must keep their saved values (anything else would not continue the run
+exactly), except --steps (raise it to extend the run) and the operational --device, --threads,
+--progress, --log-every, --snap-every, --grid-every and --preview-steps.
+
+Data parallel: `torchrun --nproc_per_node=N -m relaydiff.train -- ...` (gloo on CPU, nccl on CUDA;
+the `--` ends torchrun's own options, which it would otherwise match abbreviations against);
 --batch is the global batch and must be divisible by N.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 
 import torch
 
-from .training_loop import DEFAULTS, training_loop
+from . import checkpoint as ckpt
+from .training_loop import DEFAULTS, _ints, training_loop
+
+# Options a resumed run may change: they do not touch the training math (device: the same math on
+# other hardware). --steps may change too: it only says where to stop.
+FREE_ON_RESUME = ("steps", "progress", "threads", "device", "log_every", "snap_every", "grid_every",
+                  "preview_steps")
 
 
 def _bool(text: str) -> bool:
@@ -39,7 +53,7 @@ HELP = dict(
     ema_rampup="EMA half-life ramp-up ratio (EDM)", bf16="bfloat16 autocast",
     seed="global seed (data crops, order, noise and initialisation)",
     device="auto (cuda if available, else cpu), cpu, cuda, cuda:N",
-    resume="continue the run in --outdir from its checkpoint",
+    resume="continue the run in --outdir from its checkpoint, with the options saved in its config.json",
     cond="class-conditional training when the data has labels",
     label_dropout="label dropout probability (for classifier-free guidance)",
     channels="UNet base channels", channel_mult1="stage-1 channel multipliers",
@@ -47,36 +61,85 @@ HELP = dict(
     num_blocks="residual blocks per resolution", dropout="dropout probability",
     embedding="noise embedding: positional or fourier",
     blur_sigma_max="relay stage maximum blur sigma", block_scale="block noise scale (beta)",
-    prob_length="relay schedule prob_length (L)", log_every="metrics.jsonl interval (steps)",
-    snap_every="checkpoint interval (steps)", grid_every="preview grid interval (steps)",
+    prob_length="relay schedule prob_length (L)", log_every="metrics.jsonl interval (steps; 0: last only)",
+    snap_every="checkpoint interval (steps; 0: at the end and on a signal only)",
+    grid_every="preview grid interval (steps; 0: the final grid only)",
     preview_steps="EDM sampler steps for the preview grid", progress="show the progress bar",
     threads="torch CPU threads per process (0: PyTorch's default); the small default models run "
             "fastest on one, and a shared machine thrashes with more",
 )
 
 
-def parser() -> argparse.ArgumentParser:
+def parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
+    """The CLI; with suppress_defaults only the options on the command line land in the namespace."""
     p = argparse.ArgumentParser(prog="python -m relaydiff.train", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    for name, default in DEFAULTS.items():
+    for name, value in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
+        default = argparse.SUPPRESS if suppress_defaults else value
         if name == "resume":
-            p.add_argument(flag, action="store_true", help=HELP[name])
-        elif isinstance(default, bool):
+            p.add_argument(flag, action="store_true", default=default, help=HELP[name])
+        elif isinstance(value, bool):
             p.add_argument(flag, type=_bool, default=default, metavar="BOOL", help=HELP[name])
         elif name == "stage":
             p.add_argument(flag, choices=["1", "2", "both"], default=default, help=HELP[name])
         elif name == "embedding":
             p.add_argument(flag, choices=["positional", "fourier"], default=default, help=HELP[name])
         else:
-            p.add_argument(flag, type=type(default), default=default, help=HELP[name])
+            p.add_argument(flag, type=type(value), default=default, help=HELP[name])
     return p
+
+
+def explicit_options(argv=None) -> set[str]:
+    """The options given on the command line (not merely defaulted)."""
+    return set(vars(parser(suppress_defaults=True).parse_args(argv)))
+
+
+def _same(name, a, b) -> bool:
+    if name in ("channel_mult1", "channel_mult2", "attn_res"):
+        return _ints(a) == _ints(b)
+    if name == "data" and a != "builtin":
+        return os.path.normpath(str(a)) == os.path.normpath(str(b))
+    return str(a) == str(b) if name == "stage" else a == b
+
+
+def resume_options(opts: dict, explicit: set[str]) -> dict:
+    """The options of a --resume: the run's saved ones, except the explicitly given free ones.
+
+    Any other option given with a value other than the saved one is an error, as changing it would
+    silently break exact resume.
+    """
+    path = os.path.join(opts["outdir"], ckpt.CONFIG_NAME)
+    if not os.path.isfile(os.path.join(opts["outdir"], ckpt.CHECKPOINT_NAME)):
+        return opts  # training_loop says there is nothing to resume
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--resume: no {path} (the options the run was started with)")
+    try:
+        with open(path) as f:
+            saved = json.load(f)["train"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"--resume: cannot read the run's options from {path} ({exc})") from exc
+    out = dict(opts)
+    for name in DEFAULTS:
+        if name in ("outdir", "resume") or name not in saved:
+            continue  # the run is where it is now; older runs did not save every option
+        if name not in explicit:
+            out[name] = saved[name]
+        elif name not in FREE_ON_RESUME and not _same(name, opts[name], saved[name]):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"--resume: {flag} {opts[name]} given, but the run was started with {flag} "
+                             f"{saved[name]} ({path}); a changed {flag} would not continue it exactly "
+                             f"(leave it out, or train into a new --outdir)")
+    return out
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        result = training_loop(**vars(args))
+        opts = vars(args)
+        if args.resume:
+            opts = resume_options(opts, explicit_options(argv))
+        result = training_loop(**opts)
     except (FileNotFoundError, FileExistsError, ValueError) as exc:
         print(f"relaydiff.train: error: {exc}", file=sys.stderr)
         return 2

@@ -64,12 +64,6 @@ def image_seeds(seed: int, step: int, positions, stage: int, device) -> torch.Te
     return torch.tensor([_mix(seed, step, p, stage) for p in positions], dtype=torch.int64, device=device)
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
 def stage_configs(opts: dict, label_dim: int) -> dict:
     """The STAGE entries of config.json (see checkpoint.py) for the stages to train."""
     k, res = opts["k"], opts["resolution"]
@@ -213,11 +207,31 @@ def _ema_update(ema, net, cur_nimg, batch, opts):
 
 
 def _truncate_metrics(path, step):
+    """Keep the records up to the checkpoint's step. Records are appended a line at a time, so a
+    kill can leave the last line partly written (no newline yet): it is dropped. Any other
+    unreadable line is an error, not something to silently lose."""
     if not os.path.exists(path):
         return
     with open(path) as f:
-        lines = [ln for ln in f if ln.strip() and json.loads(ln)["step"] <= step]
-    ckpt._atomic_write(path, lambda f: f.write("".join(lines).encode()))
+        lines = f.readlines()
+    if lines and not lines[-1].endswith("\n"):
+        lines.pop()
+    keep = []
+    for i, ln in enumerate(lines, 1):
+        if not ln.strip():
+            continue
+        try:
+            rec_step = json.loads(ln)["step"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: line {i} is not a metrics record ({exc}); fix or remove it") from exc
+        if rec_step <= step:
+            keep.append(ln)
+    ckpt._atomic_write(path, lambda f: f.write("".join(keep).encode()))
+
+
+def _every(step, interval):
+    """step is a multiple of a positive interval; an interval of 0 means never."""
+    return interval > 0 and step % interval == 0
 
 
 def training_loop(**overrides) -> dict:
@@ -229,7 +243,7 @@ def training_loop(**overrides) -> dict:
     opts = {**DEFAULTS, **overrides}
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
-    device = resolve_device(opts["device"])
+    device = dist_util.resolve_device(opts["device"])
     dist_util.init(device)
     device = dist_util.local_device(device)
     rank, world = dist_util.get_rank(), dist_util.get_world_size()
@@ -246,7 +260,8 @@ def training_loop(**overrides) -> dict:
     dataset = open_dataset(opts["data"], opts["resolution"], seed=opts["seed"])
     label_dim = dataset.label_dim if opts["cond"] else 0
     stages = stage_configs(opts, label_dim)
-    train_opts = {key: v for key, v in opts.items() if key not in ("resume", "progress", "threads")}
+    # Every option but resume is saved: `--resume` alone takes them back from config.json (train.py).
+    train_opts = {key: v for key, v in opts.items() if key != "resume"}
     config = {"train": train_opts, "k": opts["k"], "stages": stages}
 
     torch.manual_seed(opts["seed"])
@@ -268,6 +283,8 @@ def training_loop(**overrides) -> dict:
             opts_[s].load_state_dict(state["stages"][s]["optimizer"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         start = state["step"]
+        if opts["steps"] < start:
+            raise ValueError(f"--steps {opts['steps']} is below the step of {ckpt_path} ({start})")
         if rank == 0:
             _truncate_metrics(os.path.join(run_dir, "metrics.jsonl"), start)
             dist_util.print0(f"resuming {run_dir} at step {start}")
@@ -355,15 +372,15 @@ def training_loop(**overrides) -> dict:
             bar.update(1)
             shown = {f"loss{s}": f"{v:.4f}" for s, v in zip(stages, vals, strict=True)}
             bar.set_postfix({**shown, "img/s": f"{img_rate:.0f}"})
-            if rank == 0 and (step % opts["log_every"] == 0 or step == steps):
+            if rank == 0 and (_every(step, opts["log_every"]) or step == steps):
                 rec = {"step": step, "kimg": step * opts["batch"] / 1000, "lr": lr, "img_per_s": img_rate,
                        **{f"loss{s}": v for s, v in zip(stages, vals, strict=True)}}
                 with open(metrics_path, "a") as f:
                     f.write(json.dumps(rec) + "\n")
             stopping = dist_util.any_flag(stop.signum is not None, device)
-            if stopping or step % opts["snap_every"] == 0 or step == steps:
+            if stopping or _every(step, opts["snap_every"]) or step == steps:
                 save(step)
-            if step % opts["grid_every"] == 0 and step < steps and not stopping:
+            if _every(step, opts["grid_every"]) and step < steps and not stopping:
                 grid(step)
             if stopping:
                 break

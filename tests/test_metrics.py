@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import zipfile
 
 import numpy as np
 import PIL.Image
@@ -126,6 +127,24 @@ def test_inception_features_with_torchscript_stub(tmp_path):
     assert abs(res["fid"]) < 1e-6 and abs(res["kid"]) < 1e-3
 
 
+def test_sfid_with_torchscript_stub(tmp_path):
+    class Spatial(torch.nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.avg_pool2d(x.float() / 255, 2).repeat(1, 3, 1, 1)  # [N, 9, h/2, w/2]
+
+    path = tmp_path / "spatial.pt"
+    torch.jit.script(Spatial()).save(str(path))
+    g = torch.Generator().manual_seed(1)
+    rgb = torch.randint(0, 256, (30, 3, 4, 4), dtype=torch.uint8, generator=g)
+    det = metrics.load_sfid_detector(str(path))
+    assert metrics.spatial_features(det, rgb, batch=7).shape == (30, 7 * 2 * 2)  # first 7 channels
+    same = rd_eval.compare(rgb, rgb, ["sfid"], sfid_detector=str(path))
+    shifted = rd_eval.compare(rgb, (rgb // 2), ["sfid"], sfid_detector=str(path))
+    assert abs(same["sfid"]) < 1e-6 and shifted["sfid"] > 1e-3
+    with pytest.raises(FileNotFoundError, match="mixed_6/conv"):
+        rd_eval.compare(rgb, rgb, ["sfid"])
+
+
 def _write_folder(folder, images):
     folder.mkdir()
     arr = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
@@ -186,3 +205,18 @@ def test_psd_plot_of_real_vs_generated(tmp_path):
     from PIL import Image
 
     assert Image.open(path).size[0] > 100
+
+
+def test_eval_corrupt_image_is_a_usage_error_naming_the_file(tmp_path, capsys):
+    _write_folder(tmp_path / "imgs", _pink_images(2, 16, seed=1))
+    (tmp_path / "imgs" / "000009.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    with pytest.raises(ValueError, match="000009.png"):
+        rd_eval.load_images(str(tmp_path / "imgs"))
+    capsys.readouterr()
+    rc = rd_eval.main(["snr", "--images", str(tmp_path / "imgs"), "--out", str(tmp_path / "snr.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("relaydiff.eval: error: ") and "000009.png" in err, err
+    with zipfile.ZipFile(tmp_path / "set.zip", "w") as zf:
+        zf.writestr("a/bad.png", b"not an image")
+    with pytest.raises(ValueError, match=r"set\.zip:a/bad\.png"):
+        rd_eval.load_images(str(tmp_path / "set.zip"))

@@ -172,6 +172,21 @@ def test_relay_rejects_bad_input():
         )
 
 
+def test_relay_rejects_bad_up_scale_and_shape():
+    net = RelayPosterior(make_data())  # 16px
+    x16 = torch.zeros(1, 3, 16, 16, dtype=torch.float64)
+    identity = lambda x, sigma, labels: x  # noqa: E731 - a net without img_resolution
+    with pytest.raises(ValueError, match="up_scale must be an integer >= 2"):
+        sampling.sample_relay(net, x16, num_steps=3, disable=True)  # already at the net's resolution
+    for bad in (1, 1.5):
+        with pytest.raises(ValueError, match="up_scale must be an integer >= 2"):
+            sampling.sample_relay(identity, x16, up_scale=bad, num_steps=3, disable=True)
+    with pytest.raises(ValueError, match="not the net's resolution 16"):
+        sampling.sample_relay(net, torch.zeros(1, 3, 4, 4, dtype=torch.float64), up_scale=2, disable=True)
+    with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
+        sampling.sample_relay(net, torch.zeros(3, 4, 4, dtype=torch.float64), disable=True)
+
+
 # ---------------------------------------------------------------------------- guidance
 
 
@@ -394,7 +409,7 @@ def _write_tiny_run(run, label_dim=3):
         )
         return dict(stage=s, resolution=res, img_channels=3, label_dim=label_dim, k=K, network=net, loss=loss)
 
-    config = {"train": {}, "k": K, "stages": {"1": stage(1, 8), "2": stage(2, 16)}}
+    config = {"train": {}, "k": K, "stages": {"1": stage(1, 16 // K), "2": stage(2, 16)}}  # as training makes
     stages = {}
     for s in ("1", "2"):
         sd = build_network(config["stages"][s]["network"]).state_dict()
@@ -439,7 +454,7 @@ def test_sample_cli_untrained_checkpoint(tmp_path, capsys):
     import PIL.Image
 
     assert PIL.Image.open(out / "000003.png").size == (16, 16)
-    assert PIL.Image.open(out / "stage1" / "000003.png").size == (8, 8)
+    assert PIL.Image.open(out / "stage1" / "000003.png").size == (4, 4)
     assert PIL.Image.open(out / "grid.png").size == (48, 32)
     # Same seed, other batch size: same image.
     out2 = tmp_path / "out2"
@@ -517,3 +532,46 @@ def test_sample_cli_untrained_checkpoint(tmp_path, capsys):
         capsys, "--run", run, "--steps", "3,4,5", "--seeds", "0", "--outdir", out3, "--no-progress"
     )
     assert rc != 0 and "--steps" in err
+
+
+def _write_low_res(folder, seeds, size):
+    import PIL.Image
+
+    folder.mkdir()
+    for s in seeds:
+        PIL.Image.new("RGB", (size, size), (200, 30, 90)).save(folder / f"{s:06d}.png")
+
+
+def test_sample_cli_low_res_must_be_resolution_over_k(tmp_path, capsys):
+    run = tmp_path / "run"
+    _write_tiny_run(run)  # relay net: 16px from 4px inputs (k=4)
+    args = ["--run", run, "--stages", "second", "--steps", "2", "--seeds", "0", "--outdir", tmp_path / "out",
+            "--no-progress", "--low-res"]
+    for size in (16, 8):  # the net's own size (it used to run with up_scale 1), and a multiple but not 16 / k
+        _write_low_res(tmp_path / f"low{size}", [0], size)
+        rc, err = _cli(capsys, *args, tmp_path / f"low{size}")
+        assert rc != 0 and f"{size}px images" in err and "from 4px inputs (k=4)" in err, err
+    assert not (tmp_path / "out" / "000000.png").exists()
+    _write_low_res(tmp_path / "low4", [0], 4)
+    rc, err = _cli(capsys, *args, tmp_path / "low4")
+    assert rc == 0, err
+
+
+def test_sample_cli_corrupt_checkpoint_names_the_file(tmp_path, capsys):
+    run = tmp_path / "run"
+    _write_tiny_run(run)
+    (run / "checkpoint.pt").write_bytes(b"\x00garbage, not a checkpoint")
+    rc, err = _cli(capsys, "--run", run, "--seeds", "0", "--outdir", tmp_path / "out", "--no-progress")
+    assert rc != 0 and str(run / "checkpoint.pt") in err and "corrupt" in err, err
+
+
+def test_sample_cli_bad_device_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    _write_tiny_run(run)
+    args = ["--run", run, "--seeds", "0", "--outdir", tmp_path / "out", "--no-progress", "--device"]
+    rc, err = _cli(capsys, *args, "gpu")
+    assert rc == 2 and "'gpu' is not a torch device" in err and err.count("\n") == 1, err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for name in ("cuda", "cuda:1"):
+        rc, err = _cli(capsys, *args, name)
+        assert rc == 2 and f"--device {name}: CUDA is not available" in err and err.count("\n") == 1, err

@@ -33,6 +33,18 @@ def _metrics(run_dir):
         return [json.loads(line) for line in f]
 
 
+def _flags(**opts):
+    """Options as relaydiff.train command-line flags."""
+    return [a for key, v in opts.items() for a in ("--" + key.replace("_", "-"), str(v))]
+
+
+def _main(capsys, *args):
+    """relaydiff.train.main in-process: (exit status, stderr)."""
+    capsys.readouterr()
+    rc = train.main([str(a) for a in args])
+    return rc, capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_loss_falls(tmp_path):
     out = _run(tmp_path, stage="1", steps=150, batch=16)
@@ -60,6 +72,90 @@ def test_exact_resume_and_checkpoint(tmp_path):
     assert not [f for f in os.listdir(tmp_path / "full") if f.endswith(".tmp")]
     with pytest.raises(FileExistsError, match="--resume"):
         _run(tmp_path, "full", steps=8)
+
+
+def test_cli_resume_takes_the_saved_options(tmp_path, capsys):
+    """`--outdir RUN --resume --steps N` alone continues RUN exactly, with its saved options."""
+    assert _main(capsys, *_flags(**TINY), "--outdir", tmp_path / "full", "--steps", 6)[0] == 0
+    assert _main(capsys, *_flags(**TINY), "--outdir", tmp_path / "split", "--steps", 3)[0] == 0
+    # --snap-every differs from the saved 1000: an operational option may change.
+    rc, err = _main(capsys, "--outdir", tmp_path / "split", "--resume", "--steps", 6, "--snap-every", 2)
+    assert rc == 0, err
+    full, split = _metrics(tmp_path / "full"), _metrics(tmp_path / "split")
+    assert [m["step"] for m in split] == list(range(1, 7))
+    assert [(m["loss1"], m["loss2"]) for m in split] == [(m["loss1"], m["loss2"]) for m in full]
+    a, b = (checkpoint.load_checkpoint(str(tmp_path / d)) for d in ("full", "split"))
+    assert b["step"] == 6 and b["config"]["stages"] == a["config"]["stages"]
+    for key, v in a["stages"]["2"]["ema"].items():
+        assert torch.equal(v, b["stages"]["2"]["ema"][key]), key
+
+
+def test_cli_resume_refuses_a_changed_option(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _main(capsys, *_flags(**TINY), "--outdir", run, "--steps", 2)[0] == 0
+    rc, err = _main(capsys, "--outdir", run, "--resume", "--steps", 3, "--batch", 4)
+    assert rc == 2 and "--batch 4 given, but the run was started with --batch 8" in err, err
+    assert checkpoint.load_checkpoint(str(run))["step"] == 2
+    # The saved value given again is no change (as is the same list written differently).
+    rc, err = _main(capsys, "--outdir", run, "--resume", "--steps", 3, "--batch", 8, "--channel-mult2", "1, 2")
+    assert rc == 0 and checkpoint.load_checkpoint(str(run))["step"] == 3, err
+    rc, err = _main(capsys, "--outdir", run, "--resume", "--steps", 2)  # --steps may not go back
+    assert rc == 2 and "--steps 2 is below the step of" in err, err
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
+    _run(tmp_path, steps=1)
+    path = tmp_path / "run" / "checkpoint.pt"
+    good = path.read_bytes()
+    for bad in (b"garbage bytes", good[: len(good) // 2], b""):
+        path.write_bytes(bad)
+        with pytest.raises(ValueError, match="checkpoint.pt: cannot load the checkpoint"):
+            checkpoint.load_checkpoint(str(path))
+    rc, err = _main(capsys, "--outdir", tmp_path / "run", "--resume", "--steps", 2)
+    assert rc == 2 and str(path) in err and "Traceback" not in err, err
+
+
+def test_cli_bad_device_is_a_one_line_error(tmp_path, capsys, monkeypatch):
+    rc, err = _main(capsys, "--outdir", tmp_path / "o", "--device", "gpu")
+    assert rc == 2 and "'gpu' is not a torch device" in err and err.count("\n") == 1, err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    rc, err = _main(capsys, "--outdir", tmp_path / "o", "--device", "cuda:0")
+    assert rc == 2 and "--device cuda:0: CUDA is not available" in err and err.count("\n") == 1, err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    rc, err = _main(capsys, "--outdir", tmp_path / "o", "--device", "cuda:3")
+    assert rc == 2 and "--device cuda:3: only 1 CUDA device(s) here" in err, err
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027], ids=["022", "027"])
+def test_written_files_respect_the_umask(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        path = checkpoint.save_checkpoint(str(tmp_path), 0, {"train": {}, "stages": {}}, {})
+    finally:
+        os.umask(old)
+    for p in (path, tmp_path / checkpoint.CONFIG_NAME):
+        assert os.stat(p).st_mode & 0o777 == 0o666 & ~umask, p
+
+
+def test_resume_drops_a_partly_written_metrics_line(tmp_path):
+    _run(tmp_path, steps=3)
+    path = tmp_path / "run" / "metrics.jsonl"
+    with open(path, "a") as f:
+        f.write('{"step": 4, "kimg": 0.0')  # killed mid-write
+    _run(tmp_path, steps=5, resume=True)
+    assert [m["step"] for m in _metrics(tmp_path / "run")] == [1, 2, 3, 4, 5]
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text(lines[0] + "not json\n" + "".join(lines[1:]))
+    with pytest.raises(ValueError, match="metrics.jsonl: line 2"):
+        _run(tmp_path, steps=6, resume=True)
+
+
+def test_zero_intervals_mean_never(tmp_path):
+    out = _run(tmp_path, steps=2, log_every=0, snap_every=0, grid_every=0)
+    assert out["step"] == 2 and [m["step"] for m in _metrics(tmp_path / "run")] == [2]
+    assert checkpoint.load_checkpoint(str(tmp_path / "run"))["step"] == 2
 
 
 def _free_port():
@@ -133,6 +229,13 @@ def test_sigterm_saves_and_resume_finishes(tmp_path):
     assert proc.returncode == 128 + signal.SIGTERM, out
     saved = checkpoint.load_checkpoint(str(outdir))["step"]
     assert saved >= 1 and _metrics(outdir)[-1]["step"] == saved
+    # Resume with only the run directory and a new end: the saved options do the rest.
+    args = ["--outdir", str(outdir), "--resume", "--steps", str(saved + 3)]
+    done = subprocess.run([sys.executable, "-m", "relaydiff.train", *args], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert checkpoint.load_checkpoint(str(outdir))["step"] == saved + 3
+    assert [m["step"] for m in _metrics(outdir)] == list(range(1, saved + 4))
 
 
 def _fused_available():
