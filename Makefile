@@ -13,7 +13,7 @@ install:
 install-test: install
 	$(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev]"
 
-# The main job: trains both relay stages on the built-in dataset, ends with runs/default/grid.png.
+# The main job: trains both relay stages on the built-in dataset, ends with runs/relaydiff/grid.png.
 train: install
 	$(PYTHON) -m relaydiff.train
 
