@@ -84,16 +84,21 @@ INCEPTION_HELP = (
 )
 
 
-def load_inception(path: str | None, device="cpu"):
-    """The FID feature detector from a local TorchScript file; a clear error when it is missing."""
+def _load_torchscript(path: str | None, what: str, help_text: str, device):
+    """A detector from a local TorchScript file (never downloaded); errors say how to get one."""
     if not path:
-        raise FileNotFoundError("no Inception weights given. " + INCEPTION_HELP)
+        raise FileNotFoundError(f"no {what} given. " + help_text)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"Inception weights {path!r} not found. " + INCEPTION_HELP)
+        raise FileNotFoundError(f"{what} {path!r} not found. " + help_text)
     try:
         return torch.jit.load(path, map_location=device).eval()
     except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path!r} is not a TorchScript module ({exc}). " + INCEPTION_HELP) from exc
+        raise ValueError(f"{path!r} is not a TorchScript module ({exc}). " + help_text) from exc
+
+
+def load_inception(path: str | None, device="cpu"):
+    """The FID feature detector from a local TorchScript file; a clear error when it is missing."""
+    return _load_torchscript(path, "Inception weights", INCEPTION_HELP, device)
 
 
 SFID_HELP = (
@@ -107,41 +112,37 @@ SFID_HELP = (
 
 def load_sfid_detector(path: str | None, device="cpu"):
     """The spatial (mixed_6/conv) feature detector for sFID from a local TorchScript file."""
-    if not path:
-        raise FileNotFoundError("no sFID detector given. " + SFID_HELP)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"sFID detector {path!r} not found. " + SFID_HELP)
-    try:
-        return torch.jit.load(path, map_location=device).eval()
-    except (RuntimeError, ValueError) as exc:
-        raise ValueError(f"{path!r} is not a TorchScript module ({exc}). " + SFID_HELP) from exc
+    return _load_torchscript(path, "sFID detector", SFID_HELP, device)
 
 
 @torch.no_grad()
-def spatial_features(detector, images_uint8: torch.Tensor, batch=64, device="cpu") -> np.ndarray:
-    """[N, 7 h w] sFID features of uint8 NCHW images (grayscale repeated to RGB)."""
+def _batched_features(features, images_uint8: torch.Tensor, batch: int, device) -> np.ndarray:
+    """features(uint8 RGB batch on device) over the images in batches (grayscale repeated to RGB)."""
     out = []
     for i in range(0, images_uint8.shape[0], batch):
         x = images_uint8[i : i + batch].to(device)
         if x.shape[1] == 1:
             x = x.repeat(1, 3, 1, 1)
+        out.append(features(x).to(torch.float64).cpu())
+    return torch.cat(out).numpy()
+
+
+def inception_features(detector, images_uint8: torch.Tensor, batch=64, device="cpu") -> np.ndarray:
+    """[N, 2048] pool features of uint8 NCHW images."""
+    return _batched_features(lambda x: detector(x, return_features=True), images_uint8, batch, device)
+
+
+def spatial_features(detector, images_uint8: torch.Tensor, batch=64, device="cpu") -> np.ndarray:
+    """[N, 7 h w] sFID features of uint8 NCHW images."""
+
+    def features(x):
         spatial = detector(x)
         if spatial.dim() != 4:
-            raise ValueError(f"the sFID detector returned shape {tuple(spatial.shape)}, not [N, C, h, w]. " + SFID_HELP)
-        out.append(sfid_features(spatial.to(torch.float64)).cpu())
-    return torch.cat(out).numpy()
+            raise ValueError(f"the sFID detector returned shape {tuple(spatial.shape)}, not [N, C, h, w]. "
+                             + SFID_HELP)
+        return sfid_features(spatial)
 
-
-@torch.no_grad()
-def inception_features(detector, images_uint8: torch.Tensor, batch=64, device="cpu") -> np.ndarray:
-    """[N, 2048] pool features of uint8 NCHW images (grayscale repeated to RGB)."""
-    out = []
-    for i in range(0, images_uint8.shape[0], batch):
-        x = images_uint8[i : i + batch].to(device)
-        if x.shape[1] == 1:
-            x = x.repeat(1, 3, 1, 1)
-        out.append(detector(x, return_features=True).to(torch.float64).cpu())
-    return torch.cat(out).numpy()
+    return _batched_features(features, images_uint8, batch, device)
 
 
 # ---------------------------------------------------------------------------- spectra
