@@ -106,3 +106,16 @@ def test_nan_sigma_gives_nan(backend):
 def test_fused_backends_reject_unsupported_k(fused_backend):
     with pytest.raises(ValueError, match="k=3 is not supported by the fused"):
         rk.patch_dct(torch.zeros(1, 1, 6, 6), 3, backend=fused_backend)
+
+
+def test_nan_pixel_stays_in_its_patch(backend):
+    """A NaN pixel makes its own k x k patch NaN (the DCT mixes a patch) and nothing else."""
+    x = torch.randn(2, 3, 8, 8)
+    x[0, 1, 2, 3] = float("nan")
+    patch = torch.zeros_like(x, dtype=torch.bool)
+    patch[0, 1, 0:4, 0:4] = True
+    for out in (rk.patch_blur(x, 1.0, backend=backend), rk.relay_step(x, x, 0.8, 0.5, seed=0, backend=backend)):
+        assert torch.equal(torch.isnan(out), patch)
+    window = torch.zeros_like(patch)
+    window[0, 1, 2:6, 3:7] = True  # Block_4 spreads e[y, x] to the 4 x 4 window below-right of it
+    assert torch.equal(torch.isnan(rk.block_filter(x, 4, backend=backend)), window)
