@@ -1,5 +1,5 @@
-// Building blocks of the CPU kernels (host only): function multi-versioning, the vectorized
-// generator, row loads/stores across dtypes, the separable patch transforms and the circular
+// Building blocks of the CPU kernels (host only): function multi-versioning, the generator's
+// entry point, row loads/stores across dtypes, the separable patch transforms and the circular
 // box filter's running window. Every helper is always_inline so that it is compiled inside the
 // multi-versioned (RK_CPU_CLONES) worker that calls it, with that worker's instruction set.
 #pragma once
@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 
 #include "philox.h"
 
@@ -31,85 +32,22 @@ namespace cpu {
 
 // ------------------------------------------------------------------ generator (SPEC 4)
 
-RK_INLINE uint32_t f2u(float f) { uint32_t u; std::memcpy(&u, &f, 4); return u; }
-RK_INLINE float u2f(uint32_t u) { float f; std::memcpy(&f, &u, 4); return f; }
+// out[i] = normal(key, counter + i), i < n, in float (normals.cpp: AVX2 + FMA chosen at run
+// time, a portable path otherwise).
+void philox_normals_f32(uint64_t key, uint64_t counter, int64_t n, float* out);
 
-// ln x for positive normal x (here u0 in [1e-7, 1)): Cephes logf written branch-free so the
-// lanes vectorize; within ~1 ulp of logf.
-RK_INLINE float log_approx(float x) {
-  const uint32_t ix = f2u(x);
-  const int32_t e0 = static_cast<int32_t>(ix >> 23) - 126;        // x = m 2^e, m in [0.5, 1)
-  const float m = u2f((ix & 0x007fffffu) | 0x3f000000u);
-  // All ones when m < sqrt(1/2) (as float), from the mantissa bits: a compare would branch.
-  const int32_t low = (static_cast<int32_t>(ix & 0x007fffffu) - 0x3504f3) >> 31;
-  const int32_t e = e0 + low;
-  const float f = (m + u2f(f2u(m) & static_cast<uint32_t>(low))) - 1.0f;  // 2m - 1 or m - 1
-  const float z = f * f;
-  float y = 7.0376836292e-2f;
-  y = y * f - 1.1514610310e-1f;
-  y = y * f + 1.1676998740e-1f;
-  y = y * f - 1.2420140846e-1f;
-  y = y * f + 1.4249322787e-1f;
-  y = y * f - 1.6668057665e-1f;
-  y = y * f + 2.0000714765e-1f;
-  y = y * f - 2.4999993993e-1f;
-  y = y * f + 3.3333331174e-1f;
-  y = y * f * z;
-  const float ef = static_cast<float>(e);
-  y += -2.12194440e-4f * ef;
-  y += -0.5f * z;
-  return (f + y) + 0.693359375f * ef;
-}
-
-// cos a for a in [0, 2 pi): quadrant q = round(a / (pi/2)), Cody-Waite reduction to
-// [-pi/4, pi/4] and the Cephes sin/cos polynomials, selected without branches.
-RK_INLINE float cos_approx(float a) {
-  const int32_t q = static_cast<int32_t>(a * 0.63661977236758134f + 0.5f);
-  const float qf = static_cast<float>(q);
-  const float r = ((a - qf * 1.5703125f) - qf * 4.837512969970703125e-4f) - qf * 7.54978995489188216e-8f;
-  const float z = r * r;
-  const float s = ((-1.9515295891e-4f * z + 8.3321608736e-3f) * z - 1.6666654611e-1f) * z * r + r;
-  const float c = ((2.443315711809948e-5f * z - 1.388731625493765e-3f) * z + 4.166664568298827e-2f) * z * z -
-                  0.5f * z + 1.0f;
-  // cos(r + q pi/2) = c, -s, -c, s: select and flip the sign with bit masks (no branches).
-  const uint32_t odd = 0u - static_cast<uint32_t>(q & 1);
-  const uint32_t v = (f2u(s) & odd) | (f2u(c) & ~odd);
-  return u2f(v ^ (static_cast<uint32_t>((q + 1) & 2) << 30));
-}
-
-// r0[i], r1[i] = the first two Philox words of (key, counter + i), i < n (philox_bits.cpp:
-// an explicit AVX2 path chosen at run time, scalar philox.h otherwise).
-void philox_bits(uint64_t key, uint64_t counter, int n, uint32_t* r0, uint32_t* r1);
-
-constexpr int kNormalChunk = 64;
-
-// Box-Muller as tl.randn on Philox words, n <= kNormalChunk lanes; vectorizes in the caller's
-// clone.
-RK_INLINE void normals_from_bits(const uint32_t* RK_RESTRICT r0, const uint32_t* RK_RESTRICT r1, int n,
-                                 float* RK_RESTRICT out) {
-  for (int l = 0; l < n; ++l) {
-    int32_t s0 = static_cast<int32_t>(r0[l]), s1 = static_cast<int32_t>(r1[l]);
-    s0 ^= s0 >> 31;  // ~s for negative s
-    s1 ^= s1 >> 31;
-    const float u1 = static_cast<float>(s1) * kUniformScale;
-    // u0 = max(u0, 1e-7) as an integer select: u0 < 1e-7 exactly when s0 < 215, and a float
-    // select feeding the bit casts below keeps GCC from vectorizing the loop.
-    const uint32_t tiny = static_cast<uint32_t>((s0 - 215) >> 31);
-    const float u0 = u2f((f2u(static_cast<float>(s0) * kUniformScale) & ~tiny) | (f2u(1e-7f) & tiny));
-    out[l] = __builtin_sqrtf(-2.0f * log_approx(u0)) * cos_approx(kTwoPi * u1);
-  }
-}
-
-// out[i] = normal(key, counter + i), i < n.
 template <typename T>
 RK_INLINE void philox_normals(uint64_t key, uint64_t counter, int64_t n, T* RK_RESTRICT out) {
-  alignas(64) uint32_t r0[kNormalChunk], r1[kNormalChunk];
-  alignas(64) float buf[kNormalChunk];
-  for (int64_t i = 0; i < n; i += kNormalChunk) {
-    const int m = static_cast<int>(n - i < kNormalChunk ? n - i : kNormalChunk);
-    philox_bits(key, counter + static_cast<uint64_t>(i), m, r0, r1);
-    normals_from_bits(r0, r1, m, buf);
-    for (int l = 0; l < m; ++l) out[i + l] = static_cast<T>(buf[l]);
+  if constexpr (std::is_same<T, float>::value) {
+    philox_normals_f32(key, counter, n, out);
+  } else {  // the normals are float (as tl.randn) whatever the compute type
+    constexpr int64_t kChunk = 256;
+    alignas(64) float buf[kChunk];
+    for (int64_t i = 0; i < n; i += kChunk) {
+      const int64_t m = n - i < kChunk ? n - i : kChunk;
+      philox_normals_f32(key, counter + static_cast<uint64_t>(i), m, buf);
+      for (int64_t l = 0; l < m; ++l) out[i + l] = static_cast<T>(buf[l]);
+    }
   }
 }
 
@@ -154,17 +92,18 @@ inline int64_t element_size(at::ScalarType st) { return static_cast<int64_t>(c10
 // A band is K consecutive image rows of width W, stored row-major (row stride W).
 
 // dst[u][x] = sum_n A[u][n] src[n][x]: the transform down the columns of every patch, one
-// vector along x.
-template <int K, typename T>
-RK_INLINE void col_transform(const T* RK_RESTRICT a, const T* RK_RESTRICT src, int64_t w, T* RK_RESTRICT dst) {
+// vector along x, in T. src and dst may also be bfloat16 (S, D), converted in the same loop
+// (a shift in, a rounding out, both vectorized) instead of in passes of their own.
+template <int K, typename T, typename S, typename D>
+RK_INLINE void col_transform(const T* RK_RESTRICT a, const S* RK_RESTRICT src, int64_t w, D* RK_RESTRICT dst) {
   for (int u = 0; u < K; ++u) {
     T coef[K];
     for (int n = 0; n < K; ++n) coef[n] = a[u * K + n];
-    T* RK_RESTRICT d = dst + u * w;
+    D* RK_RESTRICT d = dst + u * w;
     for (int64_t x = 0; x < w; ++x) {
-      T s = coef[0] * src[x];
-      for (int n = 1; n < K; ++n) s += coef[n] * src[n * w + x];
-      d[x] = s;
+      T s = coef[0] * static_cast<T>(src[x]);
+      for (int n = 1; n < K; ++n) s += coef[n] * static_cast<T>(src[n * w + x]);
+      d[x] = static_cast<D>(s);
     }
   }
 }
@@ -190,6 +129,26 @@ RK_INLINE void row_transform(const T* RK_RESTRICT r_mats, int64_t r_stride, cons
 }
 
 // ------------------------------------------------------------------ circular box filter (SPEC 3)
+
+// dst[x] = src[x] + src[x + step] + ... + src[x + (m - 1) step], x < n, summed in that order, in
+// one pass: blocks of 32 partial sums stay in registers instead of m passes through memory.
+template <typename T>
+RK_INLINE void sum_shifted(const T* RK_RESTRICT src, int m, int64_t step, int64_t n, T* RK_RESTRICT dst) {
+  constexpr int64_t kBlock = 32;
+  int64_t x = 0;
+  for (; x + kBlock <= n; x += kBlock) {
+    T v[kBlock];
+    for (int l = 0; l < kBlock; ++l) v[l] = src[x + l];
+    for (int j = 1; j < m; ++j)
+      for (int l = 0; l < kBlock; ++l) v[l] += src[x + j * step + l];
+    for (int l = 0; l < kBlock; ++l) dst[x + l] = v[l];
+  }
+  for (; x < n; ++x) {
+    T v = src[x];
+    for (int j = 1; j < m; ++j) v += src[x + j * step];
+    dst[x] = v;
+  }
+}
 
 // Rows of Block_s(e) (transpose: the mirrored window) produced one after another from a source
 // of e rows, keeping the horizontal box sums of the last s source rows in a ring of s rows.
@@ -223,11 +182,7 @@ struct BoxRows {
     } else {
       for (int i = 0; i < pad; ++i) ext[i] = ext[w + i];
     }
-    T* RK_RESTRICT hs = ring + static_cast<int64_t>(slot) * w;
-    const T* RK_RESTRICT xs = ext;
-    for (int64_t x = 0; x < w; ++x) hs[x] = xs[x];
-    for (int j = 1; j < s; ++j)
-      for (int64_t x = 0; x < w; ++x) hs[x] += xs[x + j];
+    sum_shifted(ext, s, 1, w, ring + static_cast<int64_t>(slot) * w);
     slot = slot + 1 == s ? 0 : slot + 1;
   }
 
@@ -240,16 +195,21 @@ struct BoxRows {
     next_y = y;
   }
 
-  // out = Block row next_y; advances.
-  template <class Src>
+  // out = Block row next_y (times s when kNormalize is false: a caller that scales the row
+  // anyway folds 1/s into its own factor); advances.
+  template <bool kNormalize = true, class Src>
   RK_INLINE void next(Src& src, T* RK_RESTRICT out) {
     push(src, next_y);
-    const T* RK_RESTRICT r = ring;
-    for (int64_t x = 0; x < w; ++x) out[x] = r[x];
-    for (int i = 1; i < s; ++i)
-      for (int64_t x = 0; x < w; ++x) out[x] += r[i * w + x];
-    const T sd = static_cast<T>(s);
-    for (int64_t x = 0; x < w; ++x) out[x] = out[x] / sd;
+    sum_shifted(ring, s, w, w, out);
+    if (kNormalize) {
+      if ((s & (s - 1)) == 0) {  // 1/s is exact: the product equals the quotient
+        const T inv = T(1) / static_cast<T>(s);
+        for (int64_t x = 0; x < w; ++x) out[x] *= inv;
+      } else {
+        const T sd = static_cast<T>(s);
+        for (int64_t x = 0; x < w; ++x) out[x] = out[x] / sd;
+      }
+    }
     next_y = wrap(next_y + step());
   }
 
