@@ -78,6 +78,19 @@ def test_blur_limits(backend):
     torch.testing.assert_close(out, mean, atol=1e-10, rtol=0)
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_blur_batch_mixing_sigma_zero_and_positive(backend, dtype):
+    """Blur sigma 0 makes a sample's weights all 1 (the CPU kernel then adds x untransformed);
+    its neighbours in the same call are still blurred, each with its own sigma."""
+    x = rand_image((3, 2, 8, 12), torch.float64)
+    b = torch.tensor([0.0, 1.5, 0.0])
+    fn = lambda t: rk.patch_blur(t, b, backend=backend)  # noqa: E731
+    out = check_against_truth(fn, lambda t: reference.patch_blur(t, b.to(reference.compute_dtype(t.dtype))),
+                              [x], dtype, "patch_blur")
+    tol = {torch.float64: 1e-10, torch.float32: 1e-6, torch.float16: 2e-3, torch.bfloat16: 1.6e-2}[dtype]
+    torch.testing.assert_close(out[0], x[0].to(dtype), atol=tol, rtol=tol)
+
+
 def test_nan_in_nan_out(backend):
     x = rand_image((1, 2, 8, 8), torch.float32)
     x[0, 1, 5, 6] = float("nan")

@@ -3,8 +3,10 @@
 // The spectral weighting is folded into the row transform: for spectrum row u,
 // idct-rows(W_j[u,:] * dct-rows(t)) = t M_{j,u} with M_{j,u} = C^T diag(W_j[u,:]) C, so each
 // input costs one column transform (C, vectorized along x) and one k x k row transform per patch
-// row, and the sum costs one final column transform (C^T). Each band of k image rows is read
-// once per input and written once, with the noise generated for that band in the same pass.
+// row, and the sum costs one final column transform (C^T). An input whose weights are one
+// constant c (relay_step's x_cur: its weight is g everywhere) is added as c x, untransformed.
+// Each band of k image rows is read once per input and written once, with the noise generated
+// for that band in the same pass.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -28,6 +30,10 @@ struct FusedArgs {
   at::ScalarType in_st;
   char* out;
   const T* mats;  // [B][n][K][K * K]: M_{j,u}[m'][m]
+  // [B][n]: 1 where input j's weights are one constant c for sample b (then its term is
+  // idct(c dct(x)) = c x, no transform: relay_step's x_cur, a blur with sigma 0), with c in scalar.
+  const uint8_t* uniform;
+  const T* scalar;
   const T* col;   // C[u][n]
   const T* colt;  // C^T: colt[n][u] = C[u][n]
   // noise term
@@ -49,6 +55,9 @@ RK_CPU_CLONES void fused_bands(const FusedArgs<T>& a, int64_t begin, int64_t end
   const int64_t w = a.width, h = a.height, hw = h * w, hp = h / K, band = K * w;
   const int64_t esize = element_size(a.in_st);
   const bool native = a.in_st == scalar_type_of<T>();
+  // bfloat16 converts inside the first and last transforms (cheap bit shifts); float16's
+  // conversion is scalar code, so it keeps its own pass.
+  const bool bf16 = std::is_same<T, float>::value && a.in_st == at::kBFloat16;
   const bool noisy = kNoise != NoiseKind::kNone;
   const bool block = noisy && a.block_term;
   const int64_t box_size = block ? static_cast<int64_t>(a.block_size + 1) * w + a.block_size : 0;
@@ -72,18 +81,17 @@ RK_CPU_CLONES void fused_bands(const FusedArgs<T>& a, int64_t begin, int64_t end
   for (int64_t u = begin; u < end; ++u) {
     const int64_t p = u / hp, y0 = (u % hp) * K, b = p / a.channels, c = p % a.channels;
     const int64_t first = p * hw + y0 * w;  // flat index of the band's first element
-    for (int64_t j = 0; j < a.n_inputs; ++j) {
-      const char* bytes = a.in[j] + first * esize;
-      const T* x = native ? reinterpret_cast<const T*>(bytes) : in_tile;
-      if (!native) load_n(bytes, a.in_st, band, in_tile);
-      col_transform<K>(a.col, x, w, tmp);
-      const T* m = a.mats + (b * a.n_inputs + j) * kMat;
-      if (j == 0) row_transform<K, false>(m, K * K, tmp, w, acc);
-      else row_transform<K, true>(m, K * K, tmp, w, acc);
+    // Ask for input bands before they are needed, so that their loads from memory overlap work
+    // instead of stalling the transforms: with generated noise (compute-bound) this band's, before
+    // the noise is drawn; otherwise the next band's, while this one is transformed.
+    const int64_t ahead = kNoise == NoiseKind::kSeed ? 0 : band;
+    if (u + 1 < end || ahead == 0) {
+      for (int64_t j = 0; j < a.n_inputs; ++j) {
+        const char* bytes = a.in[j] + (first + ahead) * esize;
+        for (int64_t off = 0; off < band * esize; off += 64) __builtin_prefetch(bytes + off);
+      }
     }
-    char* out_bytes = a.out + first * esize;
-    T* RK_RESTRICT dst = native ? reinterpret_cast<T*>(out_bytes) : out_tile;
-    col_transform<K>(a.colt, acc, w, dst);
+    // e_tile = noise_scale (e + beta Block_s(e')), before the transforms (see above).
     if constexpr (kNoise != NoiseKind::kNone) {
       // e at counters offset + i, e' at offset + N + i (SPEC 4), i = c H W + y W + x.
       if constexpr (kNoise == NoiseKind::kSeed) {
@@ -93,6 +101,7 @@ RK_CPU_CLONES void fused_bands(const FusedArgs<T>& a, int64_t begin, int64_t end
         load_n(a.noise + first * element_size(a.noise_st), a.noise_st, band, e_tile);
       }
       const T ns = a.noise_scale[b];
+      T* RK_RESTRICT e = e_tile;
       if (block) {
         if (p != plane) {
           plane = p;
@@ -106,15 +115,58 @@ RK_CPU_CLONES void fused_bands(const FusedArgs<T>& a, int64_t begin, int64_t end
           }
         }
         box.seek(src, y0);
-        for (int r = 0; r < K; ++r) box.next(src, blk + r * w);
-        const T beta = a.block_scale;
-        const T* RK_RESTRICT e = e_tile;
+        for (int r = 0; r < K; ++r) box.template next<false>(src, blk + r * w);  // s Block_s rows
+        const T beta = a.block_scale / static_cast<T>(a.block_size);
         const T* RK_RESTRICT bl = blk;
-        for (int64_t i = 0; i < band; ++i) dst[i] += ns * (e[i] + beta * bl[i]);
+        for (int64_t i = 0; i < band; ++i) e[i] = ns * (e[i] + beta * bl[i]);
       } else {
-        const T* RK_RESTRICT e = e_tile;
-        for (int64_t i = 0; i < band; ++i) dst[i] += ns * e[i];
+        for (int64_t i = 0; i < band; ++i) e[i] = ns * e[i];
       }
+    }
+    const uint8_t* uniform = a.uniform + b * a.n_inputs;
+    bool spectral = false, has_uniform = false;  // acc holds a spectrum; some input is c x
+    for (int64_t j = 0; j < a.n_inputs; ++j) has_uniform = has_uniform || uniform[j];
+    for (int64_t j = 0; j < a.n_inputs; ++j) {
+      if (uniform[j]) continue;
+      const char* bytes = a.in[j] + first * esize;
+      if (native) {
+        col_transform<K>(a.col, reinterpret_cast<const T*>(bytes), w, tmp);
+      } else if (bf16) {
+        col_transform<K>(a.col, reinterpret_cast<const at::BFloat16*>(bytes), w, tmp);
+      } else {
+        load_n(bytes, a.in_st, band, in_tile);
+        col_transform<K>(a.col, static_cast<const T*>(in_tile), w, tmp);
+      }
+      const T* m = a.mats + (b * a.n_inputs + j) * kMat;
+      if (!spectral) row_transform<K, false>(m, K * K, tmp, w, acc);
+      else row_transform<K, true>(m, K * K, tmp, w, acc);
+      spectral = true;
+    }
+    char* out_bytes = a.out + first * esize;
+    T* RK_RESTRICT dst = native ? reinterpret_cast<T*>(out_bytes) : out_tile;
+    if (bf16 && spectral && !has_uniform && kNoise == NoiseKind::kNone) {
+      // Nothing is added after the transform (a blur): round straight into the output.
+      col_transform<K>(a.colt, static_cast<const T*>(acc), w, reinterpret_cast<at::BFloat16*>(out_bytes));
+      continue;
+    }
+    bool written = spectral;
+    if (spectral) col_transform<K>(a.colt, static_cast<const T*>(acc), w, dst);
+    for (int64_t j = 0; j < a.n_inputs; ++j) {
+      if (!uniform[j]) continue;
+      const char* bytes = a.in[j] + first * esize;
+      const T* RK_RESTRICT x = native ? reinterpret_cast<const T*>(bytes) : in_tile;
+      if (!native) load_n(bytes, a.in_st, band, in_tile);
+      const T cj = a.scalar[b * a.n_inputs + j];
+      if (written) {
+        for (int64_t i = 0; i < band; ++i) dst[i] += cj * x[i];
+      } else {
+        for (int64_t i = 0; i < band; ++i) dst[i] = cj * x[i];
+      }
+      written = true;
+    }
+    if constexpr (kNoise != NoiseKind::kNone) {
+      const T* RK_RESTRICT e = e_tile;
+      for (int64_t i = 0; i < band; ++i) dst[i] += e[i];
     }
     if (!native) store_n(out_tile, band, a.in_st, out_bytes);
   }
@@ -155,7 +207,19 @@ at::Tensor run_fused(const FusedShape& fs, const std::vector<at::Tensor>& inputs
         }
     }
 
+  std::vector<uint8_t> uniform(static_cast<size_t>(batch * n));
+  std::vector<T> scalar(static_cast<size_t>(batch * n));
+  for (int64_t bj = 0; bj < batch * n; ++bj) {
+    const T* wr = wp + bj * k * k;
+    bool same = true;  // false for NaN weights, which must spread over the patch as the DCT does
+    for (int i = 0; i < k * k; ++i) same = same && wr[i] == wr[0];
+    uniform[bj] = same;
+    scalar[bj] = wr[0];
+  }
+
   FusedArgs<T> args{};
+  args.uniform = uniform.data();
+  args.scalar = scalar.data();
   args.n_inputs = n;
   args.channels = fs.channels;
   args.height = fs.height;
