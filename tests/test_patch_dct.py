@@ -91,9 +91,46 @@ def test_blur_batch_mixing_sigma_zero_and_positive(backend, dtype):
     torch.testing.assert_close(out[0], x[0].to(dtype), atol=tol, rtol=tol)
 
 
-def test_nan_in_nan_out(backend):
-    x = rand_image((1, 2, 8, 8), torch.float32)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_nan_in_nan_out(backend, dtype):
+    x = rand_image((1, 2, 8, 36), dtype)
     x[0, 1, 5, 6] = float("nan")
+    x[0, 1, 1, 33] = float("nan")  # in the CPU kernel's padded last tile
     out = rk.patch_blur(x, 1.0, backend=backend)
-    assert torch.isnan(out[0, 1, 4:8, 4:8]).all()  # the NaN's patch
-    assert torch.isfinite(out[0, 0]).all()  # other channels untouched
+    assert torch.isnan(out[0, 1, 4:8, 4:8]).all()  # the NaNs' patches
+    assert torch.isnan(out[0, 1, 0:4, 32:36]).all()
+    assert torch.isfinite(out[0, 1, :, 8:32]).all() and torch.isfinite(out[0, 0]).all()  # the rest untouched
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_cpu_transform_paths_agree(isa):
+    """Each CPU path for the fused transforms (AVX2 + FMA register tiles at patch size 4 where the
+    CPU has them, the portable band passes otherwise) matches the reference, in float32 and
+    bfloat16, for one and for four transformed inputs, with a padded last tile (W = 44)."""
+    import os
+    import subprocess
+    import sys
+
+    from relay_kernels import _backend
+
+    if _backend._unavailable("cpu", torch.device("cpu")):
+        pytest.skip("compiled CPU backend not built")
+    code = """
+import torch, relay_kernels as rk
+from relay_kernels import reference as R
+g = torch.Generator().manual_seed(0)
+x, d, p, q = (torch.randn(3, 2, 8, 44, generator=g) for _ in range(4))
+b, tc = torch.tensor([0.0, 0.8, 2.5]), torch.tensor([0.3, 0.6, 0.9])
+tn = tc / 2
+for dt, tol in ((torch.float32, 2e-6), (torch.bfloat16, 2e-2)):
+    out = rk.patch_blur(x.to(dt), b, backend='cpu').float()
+    torch.testing.assert_close(out, R.patch_blur(x.to(dt), b).float(), atol=tol, rtol=tol)
+    args = [t.to(dt) for t in (x, d, p, q)]
+    out = rk.relay_correct(*args, tc, tn, noise=(d.to(dt), q.to(dt)), backend='cpu').float()
+    ref = R.relay_correct(*args, tc, tn, (d.to(dt), q.to(dt)), 4).float()
+    torch.testing.assert_close(out, ref, atol=3 * tol, rtol=tol)
+print('ok')
+"""
+    env = {**os.environ, "RELAY_KERNELS_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

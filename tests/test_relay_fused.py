@@ -125,3 +125,36 @@ def test_last_step_to_zero_returns_denoised(backend):
     x, den = rand_image(shape, torch.float32), rand_image(shape, torch.float32, 1)
     out = rk.relay_step(x, den, 0.5, 0.0, seed=0, backend=backend)
     torch.testing.assert_close(out, den, atol=1e-5, rtol=1e-5)
+
+
+# The CPU kernel takes patch size 4 in float32 and bfloat16 through register tiles of 16 columns
+# (csrc/cpu/spectral_avx2.cpp) with a zero-padded last tile: widths around multiples of 16, and
+# 1, 2 and 4 transformed inputs (blur and relay_corrupt, relay_step's den with x_cur added as
+# g x_cur, relay_correct).
+TILE_WIDTHS = [4, 12, 16, 20, 40, 44]
+
+
+def _fused_call(op, backend, tc, tn, sigma, b):
+    noise = lambda n0, n1: dict(noise=(n0, n1), backend=backend)  # noqa: E731
+    return {
+        "patch_blur": (lambda x: rk.patch_blur(x, b, backend=backend),
+                       lambda x: reference.patch_blur(x, b.to(reference.compute_dtype(x.dtype))), 1),
+        "relay_corrupt": (lambda x, n0, n1: rk.relay_corrupt(x, sigma, b, 4, 0.15, **noise(n0, n1)),
+                          lambda x, n0, n1: reference.relay_corrupt(x, sigma, b, (n0, n1), 4, 0.15), 3),
+        "relay_step": (lambda a, d, n0, n1: rk.relay_step(a, d, tc, tn, 4, **noise(n0, n1)),
+                       lambda a, d, n0, n1: reference.relay_step(a, d, tc, tn, (n0, n1), 4), 4),
+        "relay_correct": (lambda a, d, p, q, n0, n1: rk.relay_correct(a, d, p, q, tc, tn, 4, **noise(n0, n1)),
+                          lambda a, d, p, q, n0, n1: reference.relay_correct(a, d, p, q, tc, tn, (n0, n1), 4), 6),
+    }[op]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("width", TILE_WIDTHS)
+@pytest.mark.parametrize("op", ["patch_blur", "relay_corrupt", "relay_step", "relay_correct"])
+def test_widths_around_cpu_tiles(backend, op, width, dtype):
+    shape = (2, 3, 8, width)
+    tc, tn = _times(2)
+    fn, truth, n_images = _fused_call(op, backend, tc, tn, sample_scalars(2, 0.01, 5.0),
+                                      sample_scalars(2, 0.2, 3.0, seed=1))
+    images = [rand_image(shape, torch.float64, seed) for seed in range(n_images)]
+    check_against_truth(fn, truth, images, dtype, op)

@@ -95,7 +95,7 @@ template <typename T, bool kSeed>
 void run_box_rows(const BoxArgs<T>& args, int64_t planes) {
   const int64_t rows = planes * args.height;
   const int64_t grain = std::max<int64_t>(1, 16384 / std::max<int64_t>(1, args.width));
-  at::parallel_for(0, rows, grain, [&](int64_t begin, int64_t end) { box_rows<T, kSeed>(args, begin, end); });
+  parallel_chunks(rows, grain, [&](int64_t begin, int64_t end) { box_rows<T, kSeed>(args, begin, end); });
 }
 
 at::Tensor noise_cpu(const at::Tensor& seed_in, at::IntArrayRef shape, int64_t offset, int64_t block_size,
@@ -108,7 +108,7 @@ at::Tensor noise_cpu(const at::Tensor& seed_in, at::IntArrayRef shape, int64_t o
   if (block_size == 0) {
     NormalArgs args{static_cast<char*>(out.data_ptr()), dtype, seed.const_data_ptr<int64_t>(), offset,
                     out.numel() / shape[0]};
-    at::parallel_for(0, out.numel(), 8192, [&](int64_t begin, int64_t end) {
+    parallel_chunks(out.numel(), 8192, [&](int64_t begin, int64_t end) {
       // Normals are generated in float32 (as tl.randn); float64 only widens them.
       normals_flat<float>(args, begin, end);
     });

@@ -280,14 +280,9 @@ __attribute__((target("avx2,fma"))) void normals_avx2(uint64_t key, uint64_t cou
 
 using NormalsFn = void (*)(uint64_t, uint64_t, int64_t, float*);
 
-// RELAY_KERNELS_CPU_ISA=scalar forces the portable path (the tests check both paths against the
-// reference); any other value, or none, takes AVX2 where the CPU has it.
 NormalsFn choose() {
 #ifdef RK_HAVE_AVX2_PATH
-  const char* cap = std::getenv("RELAY_KERNELS_CPU_ISA");
-  const bool allow = cap == nullptr || std::strcmp(cap, "scalar") != 0;
-  __builtin_cpu_init();
-  if (allow && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return normals_avx2;
+  if (avx2_fma_enabled()) return normals_avx2;
 #endif
   return normals_portable;
 }

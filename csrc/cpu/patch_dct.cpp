@@ -61,7 +61,7 @@ void run_patch_dct(const at::Tensor& x, at::Tensor& out, int64_t k, bool inverse
   const int64_t bands = x.size(0) * x.size(1) * (h / k);
   const int64_t grain = std::max<int64_t>(1, 32768 / std::max<int64_t>(1, k * w));
   RK_PATCH_SWITCH(k, K, [&] {
-    at::parallel_for(0, bands, grain, [&](int64_t begin, int64_t end) { patch_dct_bands<K, T>(args, begin, end); });
+    parallel_chunks(bands, grain, [&](int64_t begin, int64_t end) { patch_dct_bands<K, T>(args, begin, end); });
   });
 }
 

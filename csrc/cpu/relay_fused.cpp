@@ -6,7 +6,8 @@
 // row, and the sum costs one final column transform (C^T). An input whose weights are one
 // constant c (relay_step's x_cur: its weight is g everywhere) is added as c x, untransformed.
 // Each band of k image rows is read once per input and written once, with the noise generated
-// for that band in the same pass.
+// for that band in the same pass. At patch size 4 in float32/bfloat16 on CPUs with AVX2 + FMA,
+// the transforms of a band run as register tiles instead (spectral_tiles.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -16,6 +17,7 @@
 #include "cpu_common.h"
 #include "dct_basis.h"
 #include "patch_switch.h"
+#include "spectral_tiles.h"
 
 namespace relay_kernels {
 namespace cpu {
@@ -47,6 +49,10 @@ struct FusedArgs {
   at::ScalarType noise_st;
   const char* noise_block;
   at::ScalarType noise_block_st;
+  // Register tiles for the spectral part (T = float, K = 4, float or bfloat16 inputs; else
+  // null): into a float band, or rounded straight into a bfloat16 output.
+  SpectralBandFn tiles, tiles_to_bf16;
+  const float* rows8;  // [B][n][kTileRowsSize]
 };
 
 // Bands [begin, end) of K rows; band = plane * (H / K) + patch row.
@@ -124,33 +130,53 @@ RK_CPU_CLONES void fused_bands(const FusedArgs<T>& a, int64_t begin, int64_t end
       }
     }
     const uint8_t* uniform = a.uniform + b * a.n_inputs;
-    bool spectral = false, has_uniform = false;  // acc holds a spectrum; some input is c x
+    bool has_uniform = false;  // some input is added as c x
     for (int64_t j = 0; j < a.n_inputs; ++j) has_uniform = has_uniform || uniform[j];
-    for (int64_t j = 0; j < a.n_inputs; ++j) {
-      if (uniform[j]) continue;
-      const char* bytes = a.in[j] + first * esize;
-      if (native) {
-        col_transform<K>(a.col, reinterpret_cast<const T*>(bytes), w, tmp);
-      } else if (bf16) {
-        col_transform<K>(a.col, reinterpret_cast<const at::BFloat16*>(bytes), w, tmp);
-      } else {
-        load_n(bytes, a.in_st, band, in_tile);
-        col_transform<K>(a.col, static_cast<const T*>(in_tile), w, tmp);
-      }
-      const T* m = a.mats + (b * a.n_inputs + j) * kMat;
-      if (!spectral) row_transform<K, false>(m, K * K, tmp, w, acc);
-      else row_transform<K, true>(m, K * K, tmp, w, acc);
-      spectral = true;
-    }
     char* out_bytes = a.out + first * esize;
     T* RK_RESTRICT dst = native ? reinterpret_cast<T*>(out_bytes) : out_tile;
-    if (bf16 && spectral && !has_uniform && kNoise == NoiseKind::kNone) {
-      // Nothing is added after the transform (a blur): round straight into the output.
-      col_transform<K>(a.colt, static_cast<const T*>(acc), w, reinterpret_cast<at::BFloat16*>(out_bytes));
-      continue;
+    // Nothing is added after the transforms (a blur): bfloat16 rounds straight into the output.
+    const bool direct_bf16 = bf16 && !has_uniform && kNoise == NoiseKind::kNone;
+    bool spectral = false;  // dst (or the output) holds the transformed inputs' sum
+    if (a.tiles != nullptr) {
+      SpectralBand sb{};
+      for (int64_t j = 0; j < a.n_inputs; ++j) {
+        if (uniform[j]) continue;
+        sb.in[sb.n_inputs] = a.in[j] + first * esize;
+        sb.rows8[sb.n_inputs++] = a.rows8 + (b * a.n_inputs + j) * kTileRowsSize;
+      }
+      sb.width = w;
+      if (sb.n_inputs > 0) {
+        sb.out = direct_bf16 ? static_cast<void*>(out_bytes) : static_cast<void*>(dst);
+        (direct_bf16 ? a.tiles_to_bf16 : a.tiles)(sb);
+        if (direct_bf16) continue;
+        spectral = true;
+      }
+    } else {
+      bool in_acc = false;  // acc holds a spectrum
+      for (int64_t j = 0; j < a.n_inputs; ++j) {
+        if (uniform[j]) continue;
+        const char* bytes = a.in[j] + first * esize;
+        if (native) {
+          col_transform<K>(a.col, reinterpret_cast<const T*>(bytes), w, tmp);
+        } else if (bf16) {
+          col_transform<K>(a.col, reinterpret_cast<const at::BFloat16*>(bytes), w, tmp);
+        } else {
+          load_n(bytes, a.in_st, band, in_tile);
+          col_transform<K>(a.col, static_cast<const T*>(in_tile), w, tmp);
+        }
+        const T* m = a.mats + (b * a.n_inputs + j) * kMat;
+        if (!in_acc) row_transform<K, false>(m, K * K, tmp, w, acc);
+        else row_transform<K, true>(m, K * K, tmp, w, acc);
+        in_acc = true;
+      }
+      if (in_acc && direct_bf16) {
+        col_transform<K>(a.colt, static_cast<const T*>(acc), w, reinterpret_cast<at::BFloat16*>(out_bytes));
+        continue;
+      }
+      if (in_acc) col_transform<K>(a.colt, static_cast<const T*>(acc), w, dst);
+      spectral = in_acc;
     }
     bool written = spectral;
-    if (spectral) col_transform<K>(a.colt, static_cast<const T*>(acc), w, dst);
     for (int64_t j = 0; j < a.n_inputs; ++j) {
       if (!uniform[j]) continue;
       const char* bytes = a.in[j] + first * esize;
@@ -218,6 +244,21 @@ at::Tensor run_fused(const FusedShape& fs, const std::vector<at::Tensor>& inputs
   }
 
   FusedArgs<T> args{};
+  // float compute with float or bfloat16 images takes the register tiles where the CPU has them.
+  std::vector<float> tables;
+  if constexpr (std::is_same<T, float>::value) {
+    const at::ScalarType st = x0.scalar_type();
+    if (st == at::kFloat || st == at::kBFloat16) {
+      args.tiles = spectral_band_fn(k, st == at::kBFloat16, false);
+      args.tiles_to_bf16 = st == at::kBFloat16 ? spectral_band_fn(k, true, true) : nullptr;
+    }
+    if (args.tiles != nullptr) {
+      tables.resize(static_cast<size_t>(batch * n * kTileRowsSize));
+      for (int64_t bj = 0; bj < batch * n; ++bj)
+        spectral_tile_rows(mats.data() + bj * k * k * k, tables.data() + bj * kTileRowsSize);
+      args.rows8 = tables.data();
+    }
+  }
   args.uniform = uniform.data();
   args.scalar = scalar.data();
   args.n_inputs = n;
@@ -262,7 +303,7 @@ at::Tensor run_fused(const FusedShape& fs, const std::vector<at::Tensor>& inputs
   const int64_t bands = batch * fs.channels * (fs.height / k);
   const int64_t grain = std::max<int64_t>(1, 16384 / (k * fs.width));
   RK_PATCH_SWITCH(k, K, [&] {
-    at::parallel_for(0, bands, grain, [&](int64_t begin, int64_t end) {
+    parallel_chunks(bands, grain, [&](int64_t begin, int64_t end) {
       switch (kind) {
         case NoiseKind::kNone: fused_bands<K, T, NoiseKind::kNone>(args, begin, end); break;
         case NoiseKind::kSeed: fused_bands<K, T, NoiseKind::kSeed>(args, begin, end); break;

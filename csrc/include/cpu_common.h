@@ -4,8 +4,13 @@
 // multi-versioned (RK_CPU_CLONES) worker that calls it, with that worker's instruction set.
 #pragma once
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
 
 #include <cstdint>
+#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 
@@ -29,6 +34,48 @@
 
 namespace relay_kernels {
 namespace cpu {
+
+// ------------------------------------------------------------------ instruction sets
+
+// True where the hand-written AVX2 + FMA paths may run (the generator, the spectral tiles): the
+// CPU has both, and RELAY_KERNELS_CPU_ISA is not "scalar" (which forces the portable paths; the
+// tests check both against the reference). Decided once per process.
+inline bool avx2_fma_enabled() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  static const bool enabled = [] {
+    const char* cap = std::getenv("RELAY_KERNELS_CPU_ISA");
+    if (cap != nullptr && std::strcmp(cap, "scalar") == 0) return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return enabled;
+#else
+  return false;
+#endif
+}
+
+// ------------------------------------------------------------------ work sharing
+
+// f(begin, end) over [0, n) on at::parallel_for's threads, the range handed out in chunks from a
+// shared counter rather than split once: a thread that starts late (woken from sleep after the
+// caller's Python code, or descheduled on a shared machine) takes fewer chunks instead of
+// holding the call up at the end. About 8 chunks per thread, at least `grain` items each (each
+// chunk restarts a worker's running state, e.g. the box filter's window).
+template <class F>
+void parallel_chunks(int64_t n, int64_t grain, const F& f) {
+  if (n <= 0) return;
+  const int64_t threads = std::min<int64_t>(at::get_num_threads(), (n + grain - 1) / grain);
+  if (threads <= 1 || at::in_parallel_region()) {
+    f(0, n);
+    return;
+  }
+  const int64_t chunk = std::max<int64_t>(grain, (n + 8 * threads - 1) / (8 * threads));
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, threads, 1, [&](int64_t, int64_t) {
+    for (int64_t begin = next.fetch_add(chunk); begin < n; begin = next.fetch_add(chunk))
+      f(begin, std::min(n, begin + chunk));
+  });
+}
 
 // ------------------------------------------------------------------ generator (SPEC 4)
 
