@@ -54,6 +54,7 @@ def compiled_error() -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=None)  # kernels are registered when _C is imported, never removed
 def has_compiled_kernel(device_type: str) -> bool:
     if compiled_error() is not None:
         return False
@@ -93,8 +94,19 @@ REFERENCE = Kernels("reference", reference.patch_dct, reference.block_filter, re
                     reference.relay_fused)
 
 
-def _op_kernels(name: str, variant: str) -> Kernels:
+def _make_op_kernels(name: str, variant: str) -> Kernels:
     return Kernels(name, *(_ops.op(n, variant) for n in ("patch_dct", "block_filter", "noise", "relay_fused")))
+
+
+_cached_op_kernels = functools.lru_cache(maxsize=None)(_make_op_kernels)
+
+
+def _op_kernels(name: str, variant: str) -> Kernels:
+    # Cached in eager mode (the op lookups cost microseconds on every call); traced as it is
+    # under torch.compile, which would otherwise warn about the cache wrapper.
+    if torch.compiler.is_compiling():
+        return _make_op_kernels(name, variant)
+    return _cached_op_kernels(name, variant)
 
 
 def _unavailable(name: str, device: torch.device) -> str | None:

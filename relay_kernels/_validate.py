@@ -81,11 +81,14 @@ def per_sample(value, name: str, like: torch.Tensor, dtype: torch.dtype, *, posi
     elif value.numel() != batch or (value.dim() > 1 and any(s != 1 for s in value.shape[1:])):
         raise ValueError(f"{name} must be a float or hold one value per sample (batch {batch}), "
                          f"got shape {tuple(value.shape)}")
-    value = value.reshape(batch).to(device=like.device, dtype=dtype)
-    if _can_read_values(value):
-        if positive and bool((value <= 0).any()):
+    if value.shape != (batch,) or value.dtype != dtype or value.device != like.device:
+        value = value.reshape(batch).to(device=like.device, dtype=dtype)
+    if (positive or nonnegative) and _can_read_values(value):
+        # As Python floats (one op instead of three); NaN passes, and NaN comes out.
+        low = min((v for v in value.tolist() if v == v), default=1.0)
+        if positive and low <= 0:
             raise ValueError(f"{name} must be positive, got {value.tolist()}")
-        if nonnegative and bool((value < 0).any()):
+        if nonnegative and low < 0:
             raise ValueError(f"{name} must be non-negative, got {value.tolist()}")
     return value
 

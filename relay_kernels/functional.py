@@ -7,6 +7,7 @@ and calls the selected backend's kernel ops (docs/KERNELS.md).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -20,12 +21,26 @@ def _kernels(x: torch.Tensor, k: int | None = None, backend: str | None = None):
     return resolve(x.device, backend, k)
 
 
+def _launch(op, differentiable, *args):
+    """op(*args), below the autograd layer when no tensor in `differentiable` needs a gradient.
+
+    torch.library's Python autograd wrapper costs about 30 µs per call even when nothing needs a
+    gradient, and then only redispatches under this same guard. Under torch.compile the op is
+    called as it is (the graph has no such overhead).
+    """
+    if torch.compiler.is_compiling() or (
+            torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in differentiable)):
+        return op(*args)
+    with torch._C._AutoDispatchBelowAutograd():
+        return op(*args)
+
+
 def patch_dct(x: torch.Tensor, k: int = 4, *, backend: str | None = None) -> torch.Tensor:
     """Orthonormal DCT-II of every non-overlapping k x k patch: C P C^T."""
     check.image(x, "x")
     k = check.size_param(k, "k", x)
     check.image(x, "x", k)
-    return _kernels(x, k, backend).patch_dct(x, k, False)
+    return _launch(_kernels(x, k, backend).patch_dct, (x,), x, k, False)
 
 
 def patch_idct(u: torch.Tensor, k: int = 4, *, backend: str | None = None) -> torch.Tensor:
@@ -33,11 +48,22 @@ def patch_idct(u: torch.Tensor, k: int = 4, *, backend: str | None = None) -> to
     check.image(u, "u")
     k = check.size_param(k, "k", u)
     check.image(u, "u", k)
-    return _kernels(u, k, backend).patch_dct(u, k, True)
+    return _launch(_kernels(u, k, backend).patch_dct, (u,), u, k, True)
 
 
 def _weight_dtype(x: torch.Tensor) -> torch.dtype:
     return reference.compute_dtype(x.dtype)
+
+
+_cached_frequency_squares = functools.lru_cache(maxsize=None)(reference.frequency_squares)
+
+
+def _blur_weights(b: torch.Tensor, k: int, min_scale) -> torch.Tensor:
+    """blur_spectrum as the [B, 1, k, k] weights of one input; its constant part is kept between
+    calls in eager mode (a few small tensor ops fewer per call)."""
+    m = check.real(min_scale, "min_scale")
+    lam = None if torch.compiler.is_compiling() else _cached_frequency_squares(k, b.dtype, b.device)
+    return reference.blur_spectrum(b, k, m, lam)[:, None]
 
 
 def patch_blur(x, blur_sigma, k: int = 4, min_scale: float = 1e-3, *, backend: str | None = None):
@@ -46,15 +72,15 @@ def patch_blur(x, blur_sigma, k: int = 4, min_scale: float = 1e-3, *, backend: s
     k = check.size_param(k, "k", x)
     check.image(x, "x", k)
     b = check.per_sample(blur_sigma, "blur_sigma", x, _weight_dtype(x), nonnegative=True)
-    weights = reference.blur_spectrum(b, k, check.real(min_scale, "min_scale"))[:, None].contiguous()
-    return _kernels(x, k, backend).relay_fused([x], weights, None, 0.0, 1, None, 0, None, None)
+    weights = _blur_weights(b, k, min_scale)
+    return _launch(_kernels(x, k, backend).relay_fused, (x,), [x], weights, None, 0.0, 1, None, 0, None, None)
 
 
 def block_filter(e: torch.Tensor, block_size: int = 4, *, backend: str | None = None) -> torch.Tensor:
     """Block_s(e): circular s x s box sum divided by s (unit variance for white e)."""
     check.image(e, "e")
     s = check.size_param(block_size, "block_size", e)
-    return _kernels(e).block_filter(e, s, False)
+    return _launch(_kernels(e).block_filter, (e,), e, s, False)
 
 
 def _device(device, seed) -> torch.device:
@@ -81,8 +107,8 @@ def randn(shape, seed, offset: int = 0, *, dtype=torch.float32, device=None, bac
     device = _device(device, seed)
     seeds = check.seeds(seed, shape[0], device)
     probe = torch.empty(0, device=device)
-    return _kernels(probe, backend=backend).noise(seeds, list(shape), check.offset(offset), 0,
-                                                  _noise_dtype(dtype))
+    return _launch(_kernels(probe, backend=backend).noise, (), seeds, list(shape), check.offset(offset), 0,
+                   _noise_dtype(dtype))
 
 
 def block_noise(shape, block_size: int = 4, seed=None, offset: int = 0, *, dtype=torch.float32, device=None,
@@ -97,8 +123,8 @@ def block_noise(shape, block_size: int = 4, seed=None, offset: int = 0, *, dtype
     device = _device(device, seed)
     seeds = check.seeds(seed, shape[0], device)
     probe = torch.empty(0, device=device)
-    return _kernels(probe, backend=backend).noise(seeds, list(shape), check.offset(offset), s,
-                                                  _noise_dtype(dtype))
+    return _launch(_kernels(probe, backend=backend).noise, (), seeds, list(shape), check.offset(offset), s,
+                   _noise_dtype(dtype))
 
 
 def _noise_args(x, seed, offset, noise, like_name):
@@ -136,9 +162,10 @@ def relay_corrupt(x0, sigma, blur_sigma, k: int = 4, block_scale: float = 0.15, 
     beta = check.real(block_scale, "block_scale")
     s = _block_size(block_size, k, x0)
     seeds, off, e, e_block = _noise_args(x0, seed, offset, noise, "x0")
-    weights = reference.blur_spectrum(b, k, check.real(min_scale, "min_scale"))[:, None].contiguous()
+    weights = _blur_weights(b, k, min_scale)
     scale = _noise_scale(sig, beta, normalize)
-    return _kernels(x0, k, backend).relay_fused([x0], weights, scale, beta, s, seeds, off, e, e_block)
+    return _launch(_kernels(x0, k, backend).relay_fused, (x0, e, e_block),
+                   [x0], weights, scale, beta, s, seeds, off, e, e_block)
 
 
 def _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max):
@@ -169,8 +196,8 @@ def relay_step(x_cur, den, t_cur, t_next, k: int = 4, s_noise: float = 0.2, s_bl
     seeds, off, e, e_block = _noise_args(x_cur, seed, offset, noise, "x_cur")
     weights, scale = reference.relay_step_weights(tc, tn, k, s_noise, blur_sigma_max, prob_length, min_scale)
     scale = _noise_scale(scale, s_block, normalize)
-    return _kernels(x_cur, k, backend).relay_fused([x_cur, den], weights.contiguous(), scale, float(s_block), s,
-                                                   seeds, off, e, e_block)
+    return _launch(_kernels(x_cur, k, backend).relay_fused, (x_cur, den, e, e_block),
+                   [x_cur, den], weights.contiguous(), scale, float(s_block), s, seeds, off, e, e_block)
 
 
 def relay_correct(x_cur, den, x_next, den_next, t_cur, t_next, k: int = 4, s_noise: float = 0.2,
@@ -185,5 +212,6 @@ def relay_correct(x_cur, den, x_next, den_next, t_cur, t_next, k: int = 4, s_noi
     seeds, off, e, e_block = _noise_args(x_cur, seed, offset, noise, "x_cur")
     weights, scale = reference.relay_correct_weights(tc, tn, k, s_noise, blur_sigma_max, prob_length, min_scale)
     scale = _noise_scale(scale, s_block, normalize)
-    return _kernels(x_cur, k, backend).relay_fused([x_cur, den, x_next, den_next], weights.contiguous(), scale,
-                                                   float(s_block), s, seeds, off, e, e_block)
+    return _launch(_kernels(x_cur, k, backend).relay_fused, (x_cur, den, x_next, den_next, e, e_block),
+                   [x_cur, den, x_next, den_next], weights.contiguous(), scale, float(s_block), s, seeds, off, e,
+                   e_block)

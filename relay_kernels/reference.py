@@ -73,12 +73,21 @@ def patch_idct(u: torch.Tensor, k: int) -> torch.Tensor:
 # Section 2: blurring spectrum and schedule.
 
 
-def blur_spectrum(blur_sigma: torch.Tensor, k: int, min_scale: float = 1e-3) -> torch.Tensor:
-    """a_b[u, v] = exp(-lambda[u, v] b^2 / 2) (1 - m) + m, shape [B, k, k]."""
-    freqs = math.pi * torch.arange(k, dtype=blur_sigma.dtype, device=blur_sigma.device) / k
-    lam = freqs[:, None] ** 2 + freqs[None, :] ** 2
-    tau = (blur_sigma**2 / 2)[:, None, None]
-    return torch.exp(-lam * tau) * (1 - min_scale) + min_scale
+def frequency_squares(k: int, dtype=torch.float64, device=None) -> torch.Tensor:
+    """lambda[u, v] = (pi u / k)^2 + (pi v / k)^2, shape [k, k]."""
+    freqs = math.pi * torch.arange(k, dtype=dtype, device=device) / k
+    return freqs[:, None] ** 2 + freqs[None, :] ** 2
+
+
+def blur_spectrum(blur_sigma: torch.Tensor, k: int, min_scale: float = 1e-3, lam: torch.Tensor | None = None):
+    """a_b[u, v] = exp(-lambda[u, v] b^2 / 2) (1 - m) + m, shape [B, k, k].
+
+    lam: frequency_squares(k) in blur_sigma's dtype and device, if the caller keeps it at hand.
+    """
+    if lam is None:
+        lam = frequency_squares(k, blur_sigma.dtype, blur_sigma.device)
+    neg_tau = (blur_sigma * blur_sigma).mul_(-0.5)[:, None, None]  # -b^2/2, exactly
+    return torch.exp(lam * neg_tau).mul_(1 - min_scale).add_(min_scale)
 
 
 P_MEAN, P_STD = -1.2, 1.2
@@ -289,13 +298,18 @@ def relay_correct(x_cur, den, x_next, den_next, t_cur, t_next, noise, k=4, s_noi
 # relay_fused weights for each sampler op (derived from the U, D forms above; tests check both).
 
 
+def _alphas(t_cur, t_next, k, blur_sigma_max, prob_length, min_scale):
+    """alpha(t_cur), alpha(t_next) in one pass over both (half the small tensor ops)."""
+    both = alpha(torch.cat([t_cur, t_next]), k, blur_sigma_max, prob_length, min_scale)
+    return both[: t_cur.shape[0]], both[t_cur.shape[0] :]
+
+
 def relay_step_weights(t_cur, t_next, k, s_noise, blur_sigma_max, prob_length, min_scale):
     """Euler: x_next = idct(g dct(x_cur) + (a_n - g a_c) dct(den)) + s_noise t_next n.
 
     Returns weights [B, 2, k, k] for (x_cur, den) and the noise scale [B].
     """
-    a_c = alpha(t_cur, k, blur_sigma_max, prob_length, min_scale)
-    a_n = alpha(t_next, k, blur_sigma_max, prob_length, min_scale)
+    a_c, a_n = _alphas(t_cur, t_next, k, blur_sigma_max, prob_length, min_scale)
     g = (math.sqrt(1 - s_noise**2) * t_next / t_cur)[:, None, None]
     w = a_n - g * a_c
     return torch.stack([g.expand_as(w), w], dim=1), s_noise * t_next
@@ -307,8 +321,7 @@ def relay_correct_weights(t_cur, t_next, k, s_noise, blur_sigma_max, prob_length
 
     Returns weights [B, 4, k, k] for (x_cur, den, x_next, den_next) and the noise scale [B].
     """
-    a_c = alpha(t_cur, k, blur_sigma_max, prob_length, min_scale)
-    a_n = alpha(t_next, k, blur_sigma_max, prob_length, min_scale)
+    a_c, a_n = _alphas(t_cur, t_next, k, blur_sigma_max, prob_length, min_scale)
     g = (math.sqrt(1 - s_noise**2) * t_next / t_cur)[:, None, None]
     r = (t_cur / t_next)[:, None, None]
     w = a_n - g * a_c
