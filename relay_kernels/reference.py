@@ -86,8 +86,8 @@ def blur_spectrum(blur_sigma: torch.Tensor, k: int, min_scale: float = 1e-3, lam
     """
     if lam is None:
         lam = frequency_squares(k, blur_sigma.dtype, blur_sigma.device)
-    neg_tau = (blur_sigma * blur_sigma).mul_(-0.5)[:, None, None]  # -b^2/2, exactly
-    return torch.exp(lam * neg_tau).mul_(1 - min_scale).add_(min_scale)
+    neg_tau = (blur_sigma * blur_sigma * -0.5)[:, None, None]  # -b^2/2, exactly
+    return torch.exp(lam * neg_tau) * (1 - min_scale) + min_scale
 
 
 P_MEAN, P_STD = -1.2, 1.2
