@@ -18,3 +18,21 @@ def check_against_truth(fn, truth_fn, inputs64, dtype, what):
     out = fn(*low)
     assert_close_to_truth(out, truth, torch_lowp, dtype, what)
     return out
+
+
+def run_on_cpu_isa(code: str, isa: str) -> None:
+    """Run `code` (which prints 'ok' when its checks pass) in a fresh Python with
+    RELAY_KERNELS_CPU_ISA=isa: the CPU kernels choose their instruction set once per process."""
+    import os
+    import subprocess
+    import sys
+
+    import pytest
+
+    from relay_kernels import _backend
+
+    if _backend._unavailable("cpu", torch.device("cpu")):
+        pytest.skip("compiled CPU backend not built")
+    env = {**os.environ, "RELAY_KERNELS_CPU_ISA": isa}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

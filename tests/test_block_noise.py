@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from helpers import DTYPES, check_against_truth, rand_image
+from helpers import DTYPES, check_against_truth, rand_image, run_on_cpu_isa
 
 import relay_kernels as rk
 from relay_kernels import reference
@@ -138,18 +138,8 @@ def test_stream_is_the_same_at_any_start_and_length(backend, offset):
 def test_cpu_generator_paths_agree(isa):
     """Each CPU generator path (AVX2 + FMA chosen at run time where the CPU has it, a portable one
     otherwise) matches the reference over many counters, across a change of the counter's high word."""
-    import os
-    import subprocess
-    import sys
-
-    from relay_kernels import _backend
-
-    if _backend._unavailable("cpu", torch.device("cpu")):
-        pytest.skip("compiled CPU backend not built")
     code = ("import torch, relay_kernels as rk; from relay_kernels import reference as R;"
             "s = torch.tensor([3, 2**40 + 1]); shape = (2, 3, 64, 170);"
             "out = rk.randn(shape, s, 2**32 - 300, backend='cpu');"
             "torch.testing.assert_close(out, R.randn(s, shape, 2**32 - 300), atol=4e-6, rtol=4e-6); print('ok')")
-    env = {**os.environ, "RELAY_KERNELS_CPU_ISA": isa}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    run_on_cpu_isa(code, isa)

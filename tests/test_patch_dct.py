@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from helpers import DTYPES, SHAPES, check_against_truth, layouts, rand_image, sample_scalars
+from helpers import DTYPES, SHAPES, check_against_truth, layouts, rand_image, run_on_cpu_isa, sample_scalars
 
 import relay_kernels as rk
 from relay_kernels import reference
@@ -107,14 +107,6 @@ def test_cpu_transform_paths_agree(isa):
     """Each CPU path for the fused transforms (AVX2 + FMA register tiles at patch size 4 where the
     CPU has them, the portable band passes otherwise) matches the reference, in float32 and
     bfloat16, for one and for four transformed inputs, with a padded last tile (W = 44)."""
-    import os
-    import subprocess
-    import sys
-
-    from relay_kernels import _backend
-
-    if _backend._unavailable("cpu", torch.device("cpu")):
-        pytest.skip("compiled CPU backend not built")
     code = """
 import torch, relay_kernels as rk
 from relay_kernels import reference as R
@@ -131,6 +123,4 @@ for dt, tol in ((torch.float32, 2e-6), (torch.bfloat16, 2e-2)):
     torch.testing.assert_close(out, ref, atol=3 * tol, rtol=tol)
 print('ok')
 """
-    env = {**os.environ, "RELAY_KERNELS_CPU_ISA": isa}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+    run_on_cpu_isa(code, isa)
