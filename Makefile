@@ -3,15 +3,17 @@
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-test train test test-gpu cuda-check bench bench-pytest lint
+.PHONY: install install-test train test test-gpu cuda-check emu-asan bench bench-pytest lint
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
 	$(PYTHON) -m pip install setuptools wheel ninja numpy
 	$(PYTHON) -m pip install --no-build-isolation -e ".[train]"
 
+# The test install also builds the CUDA emulator (relay_kernels._cuda_emu, backend cuda_emu), so
+# the suite runs the CUDA kernels on the CPU; `make train` does not build it.
 install-test: install
-	$(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev]"
+	RELAY_KERNELS_CUDA_EMU=1 $(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev]"
 
 # The main job: trains both relay stages on the built-in dataset, ends with runs/relaydiff/grid.png.
 train: install
@@ -26,6 +28,10 @@ cuda-check:
 	@if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then \
 		bash csrc/cuda/check_compile.sh; \
 	else echo "cuda-check: nvcc not found, CUDA sources not compiled"; fi
+
+# The CUDA kernels under AddressSanitizer + UBSan in the CPU emulator (standalone, no torch).
+emu-asan:
+	bash .ci/cuda_emu.sh
 
 test-gpu:
 	$(PYTHON) -m pytest tests -m "gpu or triton" -rs

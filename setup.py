@@ -64,7 +64,31 @@ def extensions():
                          extra_link_args=link)]
 
 
+def cuda_emu_extensions():
+    """relay_kernels._cuda_emu when RELAY_KERNELS_CUDA_EMU=1: the unchanged CUDA kernels compiled as
+    host C++ and run by the block emulator on CPU tensors (csrc/include/cuda_emu.h). A module of
+    its own, so its symbols never meet the real CUDA build in _C. No -std here: torch's default."""
+    if os.environ.get("RELAY_KERNELS_CUDA_EMU") != "1":
+        return []
+    print("relay_kernels: building the CUDA emulator relay_kernels._cuda_emu (RELAY_KERNELS_CUDA_EMU=1)")
+    # IEEE results as the kernels' _rn intrinsics promise (no contraction into FMAs), and the
+    # kernels' vector loads reinterpret memory as a GPU does (no strict-aliasing assumptions).
+    cxx = ["-O2", "-fno-strict-aliasing", "-ffp-contract=off"]
+    link = []
+    if sys.platform.startswith("linux"):
+        cxx.append("-fopenmp")  # blocks run in parallel on at::parallel_for
+        link.append("-fopenmp")
+    return [CppExtension(
+        "relay_kernels._cuda_emu",
+        rel("csrc/cuda_emu/*.cpp"),
+        include_dirs=[os.path.join(ROOT, "csrc", "include"), os.path.join(ROOT, "csrc", "cuda")],
+        define_macros=[("RK_CUDA_EMU", "1"), ("RK_CUDA_EMU_WITH_TORCH", "1")],
+        extra_compile_args={"cxx": cxx},
+        extra_link_args=link,
+    )]
+
+
 setup(
-    ext_modules=extensions(),
+    ext_modules=extensions() + cuda_emu_extensions(),
     cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
 )

@@ -16,7 +16,9 @@ import torch
 
 from . import _ops, reference
 
-BACKENDS = ("auto", "reference", "cpu", "cuda", "triton")
+BACKENDS = ("auto", "reference", "cpu", "cuda", "triton", "cuda_emu")
+# Suffix of each compiled backend's op names (torch.ops.relay_kernels.<op><suffix>).
+OP_VARIANTS = {"cpu": "", "cuda": "", "triton": "_triton", "cuda_emu": _ops.CUDA_EMU_VARIANT}
 FUSED_PATCH_SIZES = (2, 4, 8, 16)
 
 
@@ -34,7 +36,7 @@ _selected = os.environ.get("RELAY_KERNELS_BACKEND", "auto")
 
 
 def set_backend(name: str) -> None:
-    """Choose the backend for all ops: auto | reference | cpu | cuda | triton."""
+    """Choose the backend for all ops: auto | reference | cpu | cuda | triton | cuda_emu."""
     global _selected
     _selected = _check_name(name)
 
@@ -60,6 +62,19 @@ def has_compiled_kernel(device_type: str) -> bool:
         return False
     key = "CUDA" if device_type == "cuda" else "CPU"
     return torch._C._dispatch_has_kernel_for_dispatch_key("relay_kernels::relay_fused", key)
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_emu_error() -> str | None:
+    """None when the CUDA emulator relay_kernels._cuda_emu imported, else why not."""
+    try:
+        from . import _cuda_emu  # noqa: F401  (registers the <op>_cuda_emu CPU kernels)
+    except ImportError as exc:
+        return (f"the CUDA emulator relay_kernels._cuda_emu is not built ({exc}); build it with "
+                "`RELAY_KERNELS_CUDA_EMU=1 pip install --no-build-isolation -e .`")
+    if not torch._C._dispatch_has_kernel_for_dispatch_key("relay_kernels::relay_fused_cuda_emu", "CPU"):
+        return "relay_kernels._cuda_emu imported but registered no kernels"
+    return None
 
 
 @functools.lru_cache(maxsize=None)
@@ -138,6 +153,10 @@ def unavailable_reason(name: str, device_type: str) -> str:
         if not has_compiled_kernel("cuda"):
             return compiled_error() or "relay_kernels._C was built without CUDA kernels (CPU-only torch or no toolkit)"
         return ""
+    if name == "cuda_emu":
+        if device_type != "cpu":
+            return f"backend 'cuda_emu' (the CUDA kernels emulated on the CPU) runs on CPU tensors, got {device_type}"
+        return cuda_emu_error() or ""
     if name == "triton":
         if device_type == "cpu" and not triton_interpreted():
             return "backend 'triton' runs on GPU tensors (set TRITON_INTERPRET=1 to run it on the CPU)"
@@ -178,4 +197,4 @@ def resolve(device: torch.device, name: str | None = None, k: int | None = None)
                          f"(they take k in {FUSED_PATCH_SIZES}); use set_backend('reference') for other k")
     if name == "reference":
         return REFERENCE
-    return _op_kernels(name, "_triton" if name == "triton" else "")
+    return _op_kernels(name, OP_VARIANTS[name])

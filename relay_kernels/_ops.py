@@ -1,9 +1,10 @@
 """Schemas of the kernel ops, defined once, with their fake (shape-only) kernels and backwards.
 
 The compiled extension (`relay_kernels._C`) adds CPU and CUDA kernels for these names with
-`TORCH_LIBRARY_IMPL(relay_kernels, CPU|CUDA, m)`. The Triton backend defines the same schemas
-under `<name>_triton` with `torch.library.triton_op` and calls `register_variant("_triton")` so
-it gets the same fakes and backwards. See reference.py for what each op computes.
+`TORCH_LIBRARY_IMPL(relay_kernels, CPU|CUDA, m)`. The CUDA emulator (`relay_kernels._cuda_emu`,
+backend cuda_emu) adds CPU kernels for the schemas defined here under `<name>_cuda_emu`. The
+Triton backend defines the same schemas under `<name>_triton` with `torch.library.triton_op` and
+calls `register_variant("_triton")` so it gets the same fakes and backwards. See reference.py for what each op computes.
 
 Every op is linear in its tensor inputs, so each backward is the adjoint op of the same variant:
 patch_dct <-> inverse, block_filter <-> its mirrored window, relay_fused's blur part is
@@ -26,9 +27,12 @@ SCHEMAS = {
     ),
 }
 
+CUDA_EMU_VARIANT = "_cuda_emu"
+
 _lib = torch.library.Library(NAMESPACE, "DEF")
 for _name, _schema in SCHEMAS.items():
     _lib.define(_name + _schema)
+    _lib.define(_name + CUDA_EMU_VARIANT + _schema)
 
 
 def op(name: str, variant: str = ""):
@@ -129,3 +133,4 @@ def register_variant(variant: str = "", fakes: bool = True) -> None:
 
 
 register_variant("")
+register_variant(CUDA_EMU_VARIANT)

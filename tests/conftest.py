@@ -25,6 +25,8 @@ def cpu_backends():
     """Backends that run on CPU tensors here: (name, skip reason or None)."""
     out = [("reference", None)]
     out.append(("cpu", _backend._unavailable("cpu", torch.device("cpu"))))
+    # The CUDA kernels in the CPU emulator (built with RELAY_KERNELS_CUDA_EMU=1).
+    out.append(("cuda_emu", _backend._unavailable("cuda_emu", torch.device("cpu"))))
     if _backend.triton_interpreted():
         out.append(("triton", _backend._unavailable("triton", torch.device("cpu"))))
     else:

@@ -9,7 +9,7 @@ from relay_kernels import _backend, _ops, reference
 
 
 def _variant(backend):
-    return "_triton" if backend == "triton" else ""
+    return _backend.OP_VARIANTS[backend]
 
 
 def _op_samples(dtype=torch.float64):

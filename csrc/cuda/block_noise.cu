@@ -50,7 +50,7 @@ struct BoxArgs {
 template <typename T>
 __global__ void __launch_bounds__(kThreads) box_kernel(const __grid_constant__ BoxArgs<T> a) {
   using A = acc_t<T>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  RK_DYNAMIC_SMEM(smem_raw);
   A* E = reinterpret_cast<A*>(smem_raw);
   const int stride = a.cols + a.s - 1;
   A* V = E + box_e_elems<A>(a.rows, stride, a.s);
@@ -123,7 +123,7 @@ cudaError_t launch_box(const T* e, const int64_t* seed, uint64_t offset, T* out,
   a.transpose = transpose;
   const int64_t count = s.batch * s.channels * a.tiles_x * static_cast<int64_t>(a.tiles_y);
   if (count > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  box_kernel<T><<<static_cast<unsigned>(count), kThreads, smem, stream>>>(a);
+  RK_LAUNCH(static_cast<unsigned>(count), kThreads, smem, stream, box_kernel<T>)(a);
   return cudaGetLastError();
 }
 
@@ -166,8 +166,8 @@ cudaError_t launch_noise(DType dtype, const int64_t* seed, void* out, int64_t ba
   if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
   return dispatch(dtype, [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
-    noise_kernel<T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(seed, static_cast<T*>(out), total,
-                                                                           per_sample, static_cast<uint64_t>(offset));
+    RK_LAUNCH(static_cast<unsigned>(blocks), kThreads, 0, stream, noise_kernel<T>)(
+        seed, static_cast<T*>(out), total, per_sample, static_cast<uint64_t>(offset));
     return cudaGetLastError();
   });
 }

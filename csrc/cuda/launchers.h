@@ -3,10 +3,18 @@
 // glue (ops_cuda.cpp) checks inputs, makes them contiguous NCHW and turns errors into exceptions.
 // Nothing here synchronizes the host, so every op can be captured in a CUDA graph.
 //
-// The second half (nvcc only) holds the device building blocks the .cu files share: dtype
-// conversion, vectorized row segments, the separable patch DCT and the circular box filter.
+// The second half (nvcc, or the CPU emulator under RK_CUDA_EMU: csrc/include/cuda_emu.h) holds
+// the device building blocks the .cu files share: dtype conversion, vectorized row segments, the
+// separable patch DCT and the circular box filter, and the two macros that stand for CUDA-only
+// syntax in the kernels: RK_LAUNCH(grid, block, smem, stream, kernel)(args...) is
+// kernel<<<grid, block, smem, stream>>>(args...), RK_DYNAMIC_SMEM(name) declares the 16-byte
+// aligned dynamic shared memory `name`.
 #pragma once
+#if defined(RK_CUDA_EMU)
+#include "cuda_emu.h"
+#else
 #include <cuda_runtime_api.h>
+#endif
 
 #include <cstdint>
 
@@ -58,9 +66,14 @@ cudaError_t launch_relay_fused(DType dtype, const FusedParams& params, ImageShap
 }  // namespace cuda
 }  // namespace relay_kernels
 
+#if defined(__CUDACC__) || defined(RK_CUDA_EMU)
 #if defined(__CUDACC__)
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#define RK_LAUNCH(grid, block, smem, stream, ...) __VA_ARGS__<<<grid, block, smem, stream>>>
+#define RK_DYNAMIC_SMEM(name) extern __shared__ __align__(16) unsigned char name[]
+#endif
 
 #include <cstring>
 
@@ -333,4 +346,4 @@ inline bool aligned16(const void* p) { return p == nullptr || (reinterpret_cast<
 
 }  // namespace cuda
 }  // namespace relay_kernels
-#endif  // __CUDACC__
+#endif  // __CUDACC__ || RK_CUDA_EMU

@@ -22,7 +22,7 @@ __global__ void __launch_bounds__(kThreads)
     patch_dct_kernel(const __grid_constant__ DctArgs<T> a, const __grid_constant__ Basis<acc_t<T>, K> cb) {
   using A = acc_t<T>;
   constexpr int kTpt = tile_tasks<K>() / kThreads;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  RK_DYNAMIC_SMEM(smem_raw);
   A* buf = reinterpret_cast<A*>(smem_raw);
 
   int64_t tile = blockIdx.x;
@@ -98,7 +98,8 @@ cudaError_t launch_typed(const void* x, void* out, ImageShape s, int k, bool inv
     a.inverse = inverse;
     a.vec = aligned16(x) && aligned16(out);
     const size_t smem = static_cast<size_t>(t.rows) * t.cols * sizeof(A);
-    patch_dct_kernel<T, K><<<static_cast<unsigned>(t.count), kThreads, smem, stream>>>(a, make_basis<A, K>());
+    RK_LAUNCH(static_cast<unsigned>(t.count), kThreads, smem, stream, patch_dct_kernel<T, K>)(
+        a, make_basis<A, K>());
     return cudaGetLastError();
   });
 }

@@ -41,7 +41,7 @@ __global__ void __launch_bounds__(kThreads)
     relay_fused_kernel(const __grid_constant__ FusedArgs<T> a, const __grid_constant__ Basis<acc_t<T>, K> cb) {
   using A = acc_t<T>;
   constexpr int kTpt = tile_tasks<K>() / kThreads;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  RK_DYNAMIC_SMEM(smem_raw);
   A* smem = reinterpret_cast<A*>(smem_raw);
 
   int64_t tile = blockIdx.x;
@@ -221,7 +221,8 @@ cudaError_t launch_typed(const FusedParams& p, ImageShape s, int k, cudaStream_t
     const size_t smem = smem_bytes(t.rows, t.cols);
     cudaError_t err = prepare_smem(relay_fused_kernel<T, K>, smem);
     if (err != cudaSuccess) return err;
-    relay_fused_kernel<T, K><<<static_cast<unsigned>(t.count), kThreads, smem, stream>>>(a, make_basis<A, K>());
+    RK_LAUNCH(static_cast<unsigned>(t.count), kThreads, smem, stream, relay_fused_kernel<T, K>)(
+        a, make_basis<A, K>());
     return cudaGetLastError();
   });
 }

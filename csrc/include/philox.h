@@ -62,10 +62,11 @@ RK_HD float philox_normal(uint64_t key, uint64_t counter) {
   return normal_from_bits(w.r0, w.r1);
 }
 
-#if defined(__CUDACC__)
+#if defined(__CUDACC__) || defined(RK_CUDA_EMU)
 // --use_fast_math maps logf/cosf/sqrtf in device code to approximate instructions (lg2.approx,
 // cos.approx). tl.randn calls libdevice's accurate __nv_logf/__nv_cosf, so the CUDA kernels
 // draw through these, which call libdevice directly and use a correctly rounded sqrt.
+// Under RK_CUDA_EMU (csrc/include/cuda_emu.h) they are the C library's logf/cosf.
 extern "C" __device__ float __nv_logf(float);
 extern "C" __device__ float __nv_cosf(float);
 
