@@ -12,7 +12,7 @@ CXX="${CXX:-g++}"
 JOBS="${JOBS:-2}"
 TMP="$(mktemp -d)"
 trap 'rm -rf "$TMP"' EXIT
-FLAGS=(-O1 -g -std=c++17 -DRK_CUDA_EMU -fno-strict-aliasing -ffp-contract=off -fno-omit-frame-pointer
+FLAGS=(-O1 -g -std=c++17 -DRK_CUDA_EMU -fno-strict-aliasing -ffp-contract=off -Wno-unknown-pragmas -fno-omit-frame-pointer
        -fsanitize=address,undefined -fno-sanitize-recover=all
        -I"$ROOT/csrc/include" -I"$ROOT/csrc/cuda")
 export ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:detect_stack_use_after_return=0"

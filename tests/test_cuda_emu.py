@@ -223,8 +223,8 @@ def test_half_conversions_round_to_nearest_even(dtype):
     seeds = torch.tensor([3, 4])
     noise = _kernels().noise
     x = noise(seeds, [2, 1, 512, 512], 0, 0, torch.float32) * 1e-4  # many half subnormals too
-    got = _kernels().block_filter(x.to(dtype), 1, False)  # to_acc, then from_acc(v / 1)
-    assert torch.equal(got.view(torch.int16), x.to(dtype).view(torch.int16))
+    got = _kernels().block_filter(x.to(dtype), 1, False)  # from_acc((0 + to_acc(v)) / 1): -0 becomes +0
+    assert torch.equal(got.view(torch.int16), (x.to(dtype).float() + 0.0).to(dtype).view(torch.int16))
     # Rounding the kernel's float value: from_acc, against torch's conversion of the same floats.
     got = noise(seeds, [2, 4096], 5, 0, dtype)
     assert torch.equal(got.view(torch.int16), noise(seeds, [2, 4096], 5, 0, torch.float32).to(dtype).view(torch.int16))
