@@ -196,10 +196,12 @@ def _ulp_diff(a, b):
     return (ia - ib).abs()
 
 
-# Measured: the emulated normals (C library logf/cosf, exactly rounded sqrt) and the cpu backend's
-# (its own logf/cosf) differ by at most 2 ulp on 2^20 draws, with about 3% of values not identical;
-# the Philox words, the uniforms and the sign agree exactly (else values would differ wildly).
-EMU_CPU_MAX_ULP = 2
+# Measured on these seeds: the emulated normals (the C library's logf/cosf, correctly rounded sqrt)
+# differ from the cpu backend's (its own logf/cosf) by at most 3 ulp on 2^20 draws, 25% of them not
+# bit-identical; from the Triton interpreter's by at most 3 ulp on 2^13 draws (24%). The Philox
+# words and the uniforms agree exactly: signs are equal and a single differing bit would move a
+# value by far more than a few ulp.
+EMU_CPU_MAX_ULP = 3
 
 
 @needs_emu
