@@ -3,7 +3,8 @@
 // Build + run on a GPU machine from the repository root:
 //   nvcc -O3 -std=c++17 --use_fast_math -arch=native -Icsrc/include -Icsrc/cuda \
 //        csrc/cuda/*.cu csrc/cuda/test/selftest.cu -o /tmp/rk_selftest && /tmp/rk_selftest
-// Exit status 0 when every case passes.
+// Without a GPU, .ci/cuda_emu.sh (make emu-asan) builds and runs it in the CPU emulator
+// (csrc/include/cuda_emu.h) under AddressSanitizer + UBSan. Exit status 0 when every case passes.
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
