@@ -116,9 +116,11 @@ def test_cuda_graph_capture_of_sampling_loop(gpu_backend):
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         static_out = _relay_loop(static_x, den_fn, sigmas, seeds, gpu_backend)
-    static_x.copy_(x)
+    x_new = rand_image((2, 3, 32, 32), torch.float32, 1).cuda()  # replay must read the static input anew
+    static_x.copy_(x_new)
     graph.replay()
-    torch.testing.assert_close(static_out, _relay_loop(x, den_fn, sigmas, seeds, gpu_backend), atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(static_out, _relay_loop(x_new, den_fn, sigmas, seeds, gpu_backend), atol=1e-5,
+                               rtol=1e-5)
 
 
 def test_patch_dct_against_cupy(gpu_backend):
