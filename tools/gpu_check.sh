@@ -8,7 +8,8 @@
 # ones, but the exit status is then 1:
 #   build      relay_kernels._C in place with its CUDA part (MAX_JOBS=16, TORCH_CUDA_ARCH_LIST=9.0),
 #              and beside it the standalone CUDA self-test (csrc/cuda/test/selftest.cu, no torch)
-#   test-gpu   pytest tests/test_gpu.py tests/test_cuda_build.py (RELAY_KERNELS_EXPECT_CUDA=1)
+#   test-gpu   pytest tests/test_cuda_build.py tests/test_gpu.py (RELAY_KERNELS_EXPECT_CUDA=1), the
+#              cuda backend's tests first, then Triton's
 #   memcheck   compute-sanitizer --tool memcheck on the self-test (a small call of every kernel)
 #   racecheck  compute-sanitizer --tool racecheck on the self-test (shared-memory hazards)
 #   graph      CUDA-graph capture and replay of sample_relay vs eager (tools/gpu_graph_check.py)
@@ -114,18 +115,25 @@ sanitize() {  # TOOL: the self-test under compute-sanitizer; fails on any report
   "$SANITIZER" --tool "$1" --error-exitcode 3 "$WORK/selftest"
 }
 
-export -f build sanitize
+gpu_tests() {  # the cuda backend first, then Triton (whose JIT compiles take longest), each test named
+  local rc=0
+  "$PYTHON" -m pytest tests/test_cuda_build.py tests/test_gpu.py -k "not triton" -v -rs --tb=short \
+    -p no:cacheprovider --durations=10 || rc=1
+  "$PYTHON" -m pytest tests/test_gpu.py -k triton -v -rs --tb=short -p no:cacheprovider --durations=10 || rc=1
+  return $rc
+}
+
+export -f build sanitize gpu_tests
 export WORK SANITIZER PYTHON OUTDIR
 export RELAY_KERNELS_EXPECT_CUDA=1
 
 # Boxes add up to more than the 8 minutes; each step gets at most what the later ones leave it.
 step build 240 170 bash -c build
-step test-gpu 150 110 "$PYTHON" -m pytest tests/test_gpu.py tests/test_cuda_build.py -q -rs -p no:cacheprovider \
-  --durations=15
+step test-gpu 150 110 bash -c gpu_tests
 step memcheck 50 70 bash -c 'sanitize memcheck'
 step racecheck 60 50 bash -c 'sanitize racecheck'
 step graph 60 40 "$PYTHON" tools/gpu_graph_check.py
-step bench 300 0 bash -c '"$PYTHON" -m benchmarks.table --device cuda | tee "$OUTDIR/benchmark-table.md"'
+step bench 300 0 bash -c 'set -o pipefail; "$PYTHON" -m benchmarks.table --device cuda | tee "$OUTDIR/benchmark-table.md"'
 
 say "total $(($(date +%s) - START)) s; $([[ $FAILED == 0 ]] && echo 'every step ok' || echo 'some steps FAILED: see their logs')"
 exit $FAILED
