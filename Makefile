@@ -3,7 +3,7 @@
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-test train test test-gpu cuda-check emu-asan bench bench-pytest lint
+.PHONY: install install-test train test test-gpu gpu-check cuda-torch-build cuda-check emu-asan bench bench-pytest lint
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
@@ -35,6 +35,17 @@ emu-asan:
 
 test-gpu:
 	$(PYTHON) -m pytest tests -m "gpu or triton" -rs
+
+# The prepared check for a lent GPU machine (its own torch, no network): build, GPU tests, the
+# sanitizers, CUDA-graph replay, the benchmark table, in under 8 minutes; logs under
+# GPU_CHECK_OUT (default $$OUT, else ./gpu-check-out). Without a GPU it says so and fails at once.
+GPU_CHECK_OUT ?=
+gpu-check:
+	PYTHON="$(PYTHON)" bash tools/gpu_check.sh $(GPU_CHECK_OUT)
+
+# What CI runs for the CUDA extension against a CUDA torch (2.14.1) without a GPU (~20 min, 2 cores).
+cuda-torch-build:
+	bash .ci/cuda_torch_build.sh
 
 bench:
 	$(PYTHON) -m benchmarks.table

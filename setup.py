@@ -36,7 +36,9 @@ def cuda_skip_reason():
 
 def extensions():
     include = [os.path.join(ROOT, "csrc", "include")]
-    cxx = ["-O3", "-std=c++17", "-fno-math-errno"]
+    # No -std here: BuildExtension appends the standard this torch's headers need (C++17 up to
+    # torch 2.x, C++20 for newer ones) to both the host compiler and nvcc when none is given.
+    cxx = ["-O3", "-fno-math-errno"]
     link = []
     if sys.platform.startswith("linux"):
         # at::parallel_for is inline OpenMP in ATen's headers: without -fopenmp it runs serially.
@@ -45,10 +47,11 @@ def extensions():
     sources = rel("csrc/cpu/*.cpp")
     reason = cuda_skip_reason()
     if reason is None:
-        # Hopper and Ampere unless the user asks otherwise; no GPU is probed.
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0")
+        # Ampere and Hopper SASS unless the user asks otherwise, plus sm_90 PTX that the driver
+        # JIT-compiles for newer GPUs; no GPU is probed.
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "8.0;9.0+PTX")
         print(f"relay_kernels: building CUDA kernels for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
-        nvcc = ["-O3", "-std=c++17", "--use_fast_math", "-lineinfo"]
+        nvcc = ["-O3", "--use_fast_math", "-lineinfo"]
         return [
             CUDAExtension(
                 "relay_kernels._C",

@@ -136,6 +136,16 @@ def _constant_under_compile(fn):
     return fn
 
 
+@functools.lru_cache(maxsize=None)  # asked only once a fused backend is wanted on CUDA tensors
+def cuda_device_error() -> str | None:
+    """None when torch sees a CUDA device, else why not (a CPU-only torch, or no GPU or driver)."""
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    if not torch.cuda.is_available():
+        return f"no CUDA device is visible (torch {torch.__version__} is a CUDA build, but finds no GPU or driver)"
+    return None
+
+
 # These two probe the dispatcher, imports and the environment; under torch.compile their result
 # is a constant of the traced graph (the backend cannot change inside one compiled function).
 @_constant_under_compile
@@ -147,9 +157,12 @@ def unavailable_reason(name: str, device_type: str) -> str:
         if device_type != "cpu":
             return f"backend 'cpu' runs on CPU tensors, got {device_type} tensors"
         return "" if has_compiled_kernel("cpu") else (compiled_error() or "no CPU kernels registered")
+    if device_type == "cuda" and cuda_device_error():  # e.g. block_noise(device="cuda") on a machine without one
+        return cuda_device_error()
     if name == "cuda":
         if device_type != "cuda":
-            return f"backend 'cuda' runs on CUDA tensors, got {device_type} tensors"
+            no_device = f"; {cuda_device_error()}" if cuda_device_error() else ""
+            return f"backend 'cuda' runs on CUDA tensors, got {device_type} tensors{no_device}"
         if not has_compiled_kernel("cuda"):
             return compiled_error() or "relay_kernels._C was built without CUDA kernels (CPU-only torch or no toolkit)"
         return ""

@@ -105,10 +105,9 @@ def randn(shape, seed, offset: int = 0, *, dtype=torch.float32, device=None, bac
     """
     shape = check.shape(shape)
     device = _device(device, seed)
+    kernels = resolve(device, backend)  # first: on a machine without that device, says why
     seeds = check.seeds(seed, shape[0], device)
-    probe = torch.empty(0, device=device)
-    return _launch(_kernels(probe, backend=backend).noise, (), seeds, list(shape), check.offset(offset), 0,
-                   _noise_dtype(dtype))
+    return _launch(kernels.noise, (), seeds, list(shape), check.offset(offset), 0, _noise_dtype(dtype))
 
 
 def block_noise(shape, block_size: int = 4, seed=None, offset: int = 0, *, dtype=torch.float32, device=None,
@@ -121,10 +120,9 @@ def block_noise(shape, block_size: int = 4, seed=None, offset: int = 0, *, dtype
     if s > min(shape[-2:]):
         raise ValueError(f"block_size={s} is larger than the image ({shape[-2]}x{shape[-1]})")
     device = _device(device, seed)
+    kernels = resolve(device, backend)  # first: on a machine without that device, says why
     seeds = check.seeds(seed, shape[0], device)
-    probe = torch.empty(0, device=device)
-    return _launch(_kernels(probe, backend=backend).noise, (), seeds, list(shape), check.offset(offset), s,
-                   _noise_dtype(dtype))
+    return _launch(kernels.noise, (), seeds, list(shape), check.offset(offset), s, _noise_dtype(dtype))
 
 
 def _noise_args(x, seed, offset, noise, like_name):

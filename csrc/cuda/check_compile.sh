@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# Compiles every CUDA source of the backend with nvcc for sm_80 and sm_90 (the flags setup.py
-# uses), without torch and without a GPU, and links the standalone self-test (csrc/cuda/test).
+# Compiles every CUDA source of the backend with nvcc for sm_80 and sm_90 (setup.py's nvcc flags),
+# without torch and without a GPU, and links the standalone self-test (csrc/cuda/test).
+# The language standard is C++17 here, the oldest one a supported torch (>= 2.4) builds extensions
+# with; setup.py leaves the choice to torch (C++20 for torch 2.14), which .ci/cuda_torch_build.sh
+# builds against, so the kernels are compiled as both.
 # Fails loudly: any compile error, or any nvcc/ptxas warning, ends the script with a non-zero
 # status. Usage: csrc/cuda/check_compile.sh  (NVCC=/path/to/nvcc to override; JOBS=n in parallel)
 set -euo pipefail
