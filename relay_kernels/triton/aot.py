@@ -330,6 +330,23 @@ def summarize(results: list[Result]) -> dict:
     return by_arch
 
 
+def markdown(results: list[Result]) -> str:
+    """The docs/TRITON_AOT.md table: one row per arch, then every config that spills."""
+    lines = [f"Triton {triton.__version__}, torch {torch.__version__}", "",
+             "| arch | configs | compiled | failed | spilled | max spill stores (B) | max regs | compile s |",
+             "|---|---|---|---|---|---|---|---|"]
+    for arch, s in summarize(results).items():
+        regs = max((r.regs for r in results if r.arch == arch), default=-1)
+        lines.append(f"| sm_{arch} | {s['configs']} | {s['compiled']} | {s['failed']} | {s['spilled']} | "
+                     f"{s['max_spill_stores']} | {regs} | {s['seconds']:.0f} |")
+    spills = sorted((r for r in results if r.spill_stores > 0), key=lambda r: -r.spill_stores)
+    if spills:
+        lines += ["", "| arch | spill stores / loads (B) | regs | case | config |", "|---|---|---|---|---|"]
+        lines += [f"| sm_{r.arch} | {r.spill_stores} / {r.spill_loads} | {r.regs} | {r.case} | {r.config} |"
+                  for r in spills]
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -337,6 +354,7 @@ def main(argv=None) -> int:
     p.add_argument("--subset", action="store_true", help="the CI subset instead of the full sweep")
     p.add_argument("--filter", default="", help="only cases whose name contains this")
     p.add_argument("--json", default="", help="write every result to this file")
+    p.add_argument("--markdown", action="store_true", help="end with the table for docs/TRITON_AOT.md")
     p.add_argument("--spill-limit", type=int, default=SPILL_LIMIT,
                    help="fail when a config spills more bytes than this (-1: never)")
     args = p.parse_args(argv)
@@ -365,6 +383,8 @@ def main(argv=None) -> int:
     for arch, s in summary.items():
         print(f"  sm_{arch}: {s['compiled']}/{s['configs']} compiled, {s['failed']} failed, {s['spilled']} spilled "
               f"(max {s['max_spill_stores']} B spill stores), {s['seconds']:.0f} s")
+    if args.markdown:
+        print("\n" + markdown(results))
     if args.json:
         with open(args.json, "w") as f:
             rows = [{k: v for k, v in asdict(r).items() if k != "ptx"} for r in results]
