@@ -3,7 +3,7 @@
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-test train test test-gpu gpu-check cuda-torch-build cuda-check emu-asan bench bench-pytest lint
+.PHONY: install install-test train test test-gpu gpu-check cuda-torch-build cuda-check emu-asan triton-aot bench bench-pytest lint
 
 install:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
@@ -32,6 +32,13 @@ cuda-check:
 # The CUDA kernels under AddressSanitizer + UBSan in the CPU emulator (standalone, no torch).
 emu-asan:
 	bash .ci/cuda_emu.sh
+
+# Every Triton kernel over every configuration its launchers and autotuners can pick, compiled for
+# sm_80 and sm_90 without a GPU (about 25 min of one core per arch). Run it whenever the Triton
+# kernels change and update docs/TRITON_AOT.md; CI runs a subset on three Triton versions
+# (.ci/triton_aot.sh).
+triton-aot:
+	mkdir -p runs && env -u TRITON_INTERPRET $(PYTHON) -m relay_kernels.triton.aot --arch 80,90 --markdown --json runs/triton_aot.json
 
 test-gpu:
 	$(PYTHON) -m pytest tests -m "gpu or triton" -rs

@@ -7,7 +7,6 @@ and calls the selected backend's kernel ops (docs/KERNELS.md).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
@@ -55,7 +54,24 @@ def _weight_dtype(x: torch.Tensor) -> torch.dtype:
     return reference.compute_dtype(x.dtype)
 
 
-_cached_frequency_squares = functools.lru_cache(maxsize=None)(reference.frequency_squares)
+def stream_capturing(device: torch.device) -> bool:
+    """Whether the current stream of a CUDA device is capturing a CUDA graph. Asked only for CUDA
+    devices, so CPU calls and import never touch CUDA."""
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+_FREQUENCY_SQUARES: dict = {}
+
+
+def _cached_frequency_squares(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor | None:
+    """lambda[u, v] kept per (k, dtype, device); None (blur_spectrum then builds it) where it must
+    not be cached: a tensor first made inside a CUDA-graph capture holds its values only after the
+    graph's first replay, so a cache filled there would hand garbage to later eager calls."""
+    key = (k, dtype, device)
+    lam = _FREQUENCY_SQUARES.get(key)
+    if lam is None and not stream_capturing(device):
+        lam = _FREQUENCY_SQUARES[key] = reference.frequency_squares(k, dtype, device)
+    return lam
 
 
 def _blur_weights(b: torch.Tensor, k: int, min_scale) -> torch.Tensor:

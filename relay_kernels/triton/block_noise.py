@@ -19,6 +19,9 @@ from .common import (
     configs,
     define_op,
     halo_size,
+    on_device,
+    philox_normal,
+    prune_halo_configs,
 )
 
 _BOX_CONFIGS = configs([
@@ -29,7 +32,12 @@ _BOX_CONFIGS = configs([
 ])
 
 
-@triton.autotune(configs=_BOX_CONFIGS, key=["H", "W", "HS"])
+def _prune_box_configs(cfgs, named_args, **kwargs):
+    return prune_halo_configs(cfgs, kwargs["HS"], "ROWS", "COLS")
+
+
+@triton.autotune(configs=_BOX_CONFIGS, key=["H", "W", "HS"],
+                 prune_configs_by={"early_config_prune": _prune_box_configs})
 @triton.jit
 def _block_filter_kernel(e_ptr, out_ptr, H, W, s, TRANSPOSE: tl.constexpr, HS: tl.constexpr,
                          ROWS: tl.constexpr, COLS: tl.constexpr):
@@ -45,7 +53,8 @@ def _block_filter_kernel(e_ptr, out_ptr, H, W, s, TRANSPOSE: tl.constexpr, HS: t
     tl.store(out_ptr + plane_off + y * W + x, box.to(out_ptr.dtype.element_ty), mask=(y < H) & (x < W))
 
 
-@triton.autotune(configs=_BOX_CONFIGS, key=["C", "H", "W", "HS"])
+@triton.autotune(configs=_BOX_CONFIGS, key=["C", "H", "W", "HS"],
+                 prune_configs_by={"early_config_prune": _prune_box_configs})
 @triton.jit
 def _block_noise_kernel(seed_ptr, out_ptr, C, H, W, offset, s, HS: tl.constexpr,
                         F64: tl.constexpr, ROWS: tl.constexpr, COLS: tl.constexpr):
@@ -71,10 +80,13 @@ def _block_noise_kernel(seed_ptr, out_ptr, C, H, W, offset, s, HS: tl.constexpr,
 )
 @triton.jit
 def _randn_kernel(seed_ptr, out_ptr, N, offset, BLOCK: tl.constexpr):
-    b = tl.program_id(1)
-    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    # One flat grid axis over (sample, block): grid.y would cap the batch at 65,535 samples.
+    pid = tl.program_id(0).to(tl.int64)
+    n_blocks = tl.cdiv(N, BLOCK)
+    b = pid // n_blocks
+    i = (pid % n_blocks) * BLOCK + tl.arange(0, BLOCK)
     seed = tl.load(seed_ptr + b)
-    e = tl.randn(seed, i + offset)
+    e = philox_normal(seed, i + offset)
     tl.store(out_ptr + b.to(tl.int64) * N + i, e.to(out_ptr.dtype.element_ty), mask=i < N)
 
 
@@ -90,8 +102,9 @@ def block_filter(e: torch.Tensor, block_size: int, transpose: bool) -> torch.Ten
     def grid(meta):
         return (b * c * triton.cdiv(h, meta["ROWS"]), triton.cdiv(w, meta["COLS"]))
 
-    wrap_triton(_block_filter_kernel)[grid](e, out, h, w, block_size, TRANSPOSE=transpose,
-                                            HS=halo_size(block_size))
+    with on_device(e):
+        wrap_triton(_block_filter_kernel)[grid](e, out, h, w, block_size, TRANSPOSE=transpose,
+                                                HS=halo_size(block_size))
     return out
 
 
@@ -118,17 +131,19 @@ def noise(seed: torch.Tensor, shape: list[int], offset: int, block_size: int,
         n = math.prod(shape[1:])
 
         def grid(meta):
-            return (triton.cdiv(n, meta["BLOCK"]), shape[0])
+            return (shape[0] * triton.cdiv(n, meta["BLOCK"]),)
 
-        wrap_triton(_randn_kernel)[grid](seed, out, n, offset)
+        with on_device(seed):
+            wrap_triton(_randn_kernel)[grid](seed, out, n, offset)
         return out
     b, c, h, w = shape
 
     def grid(meta):
         return (b * c * triton.cdiv(h, meta["ROWS"]), triton.cdiv(w, meta["COLS"]))
 
-    wrap_triton(_block_noise_kernel)[grid](seed, out, c, h, w, offset, block_size,
-                                           HS=halo_size(block_size), F64=dtype == torch.float64)
+    with on_device(seed):
+        wrap_triton(_block_noise_kernel)[grid](seed, out, c, h, w, offset, block_size,
+                                               HS=halo_size(block_size), F64=dtype == torch.float64)
     return out
 
 

@@ -9,11 +9,14 @@ no shifts), so Philox is evaluated about twice per pixel instead of s^2 times.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ..functional import stream_capturing
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 PATCH_SIZES = (2, 4, 8, 16)
@@ -124,13 +127,24 @@ def dct_basis(k: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
 
 
 def basis_for(x: torch.Tensor, k: int) -> torch.Tensor:
+    """The cached basis; never filled while x's stream captures a CUDA graph (a tensor made there
+    holds its values only after the first replay), so a capture builds its own inside the graph."""
     dtype = compute_dtype(x.dtype)
     if type(x) is not torch.Tensor:  # FakeTensor / FunctionalTensor while tracing
         return dct_basis(k, dtype, x.device)
     key = (k, dtype, x.device)
-    if key not in _BASIS:
-        _BASIS[key] = dct_basis(k, dtype, x.device)
-    return _BASIS[key]
+    basis = _BASIS.get(key)
+    if basis is None:
+        basis = dct_basis(k, dtype, x.device)
+        if not stream_capturing(x.device):
+            _BASIS[key] = basis
+    return basis
+
+
+def on_device(x: torch.Tensor):
+    """The context to launch x's kernels in: Triton launches on the current CUDA device and its
+    current stream, so tensors on cuda:1 need cuda:1 entered (as the C++ ops' device guard does)."""
+    return torch.cuda.device(x.device) if x.device.type == "cuda" else contextlib.nullcontext()
 
 
 # ---------------------------------------------------------------------------- jit helpers
@@ -144,7 +158,8 @@ def wrap(v, n):
 
 
 def patch_tile_configs() -> list[triton.Config]:
-    """[TILE_H, TILE_W] pixel tiles of the patch kernels (TILE_H, TILE_W >= 16 >= k)."""
+    """[TILE_H, TILE_W] pixel tiles of the patch kernels (TILE_H, TILE_W >= 16 >= k); see also
+    prune_patch_configs."""
     return configs([
         triton.Config({"TILE_H": 16, "TILE_W": 32}, num_warps=4),
         triton.Config({"TILE_H": 16, "TILE_W": 64}, num_warps=4),
@@ -153,13 +168,27 @@ def patch_tile_configs() -> list[triton.Config]:
     ])
 
 
+def prune_halo_configs(cfgs, hs: int, rows: str, cols: str):
+    """Keep tiles of at least HS rows and columns (box_tile repeats its halo up to the tile); for
+    block sizes past every tile, one HS x HS tile."""
+    keep = [c for c in cfgs if c.kwargs[rows] >= hs and c.kwargs[cols] >= hs]
+    if keep:
+        return keep
+    base = cfgs[-1]
+    return [triton.Config({**base.kwargs, rows: hs, cols: hs}, num_warps=8, num_stages=base.num_stages)]
+
+
 def prune_patch_configs(cfgs, named_args, **kwargs):
-    """Drop tiles whose k x k x tile broadcast products would not fit in registers."""
+    """Drop tiles whose k x k x tile broadcast products would not fit in registers, and tiles
+    smaller than the block noise halo."""
     k = named_args["K"] if "K" in named_args else kwargs["K"]
     per_thread = 32 if named_args["basis_ptr"].dtype == torch.float64 else 64
     keep = [c for c in cfgs
             if k * c.kwargs["TILE_H"] * c.kwargs["TILE_W"] <= per_thread * 32 * c.num_warps]
-    return keep or cfgs[:1]
+    # Nothing fits (k = 16 in float64): the smallest tile. The 16 x 32 tile spilled 388 bytes per
+    # thread for a seeded relay_correct on sm_90 (docs/TRITON_AOT.md).
+    keep = keep or [triton.Config({"TILE_H": 16, "TILE_W": 16}, num_warps=4)]
+    return prune_halo_configs(keep, kwargs.get("HS", 1), "TILE_H", "TILE_W")
 
 
 @triton.jit
@@ -223,15 +252,42 @@ def idct_tile(u, c, ct):
 
 
 @triton.jit
+def philox_normal(seed, counter):
+    """tl.randn(seed, counter), bit for bit, but with a correctly rounded sqrt: tl.randn's tl.sqrt
+    becomes sqrt.approx on a GPU, where the CUDA kernels (csrc/include/philox.h) round exactly.
+    log and cos are libdevice's accurate ones in both."""
+    r0, r1, _, _ = tl.randint4x(seed, counter)
+    u0 = tl.maximum(1.0e-7, tl.uint_to_uniform_float(r0))
+    u1 = tl.uint_to_uniform_float(r1)
+    return tl.sqrt_rn(-2.0 * tl.log(u0)) * tl.cos(6.283185307179586 * u1)
+
+
+@triton.jit
 def field_at(src_ptr, seed, cbase, y, x, W, FROM_SEED: tl.constexpr, CDT: tl.constexpr):
     """The noise field of one channel at (y, x): Philox normal at counter cbase + y W + x (key
     seed), or src_ptr[y W + x]. cbase is int64, so counters past 2^32 split into lo/hi words."""
     idx = y.to(tl.int64) * W + x
     if FROM_SEED:
-        v = tl.randn(seed, cbase + idx)
+        v = philox_normal(seed, cbase + idx)
     else:
         v = tl.load(src_ptr + idx)
     return v.to(CDT)
+
+
+@triton.jit
+def tile_rows(t, ROWS: tl.constexpr):
+    """[HS, N] -> [ROWS, N] with row r = t[r % HS] (HS divides ROWS): a broadcast, no data movement."""
+    HS: tl.constexpr = t.shape[0]
+    N: tl.constexpr = t.shape[1]
+    return tl.reshape(tl.broadcast_to(t[None, :, :], (ROWS // HS, HS, N)), (ROWS, N))
+
+
+@triton.jit
+def tile_cols(t, COLS: tl.constexpr):
+    """[N, HS] -> [N, COLS] with column c = t[:, c % HS] (HS divides COLS)."""
+    N: tl.constexpr = t.shape[0]
+    HS: tl.constexpr = t.shape[1]
+    return tl.reshape(tl.broadcast_to(t[:, None, :], (N, COLS // HS, HS)), (N, COLS))
 
 
 @triton.jit
@@ -244,6 +300,10 @@ def box_tile(src_ptr, seed, cbase, y0, x0, H, W, s,
     (1/s) sum_{d,e<s} f[yo + r + d, xo + c + e], origin (yo, xo) = (y0, x0) - (s-1) forward. The
     field is read once on a main block plus halo blocks of HS >= s - 1 rows and columns (keeping
     power-of-two shapes without doubling the tile), then summed with gathers.
+
+    Every gather reads a [ROWS, COLS] tensor with a [ROWS, COLS] index: the halo blocks are first
+    repeated up to the tile's shape (HS <= ROWS, COLS; the launchers' config pruning ensures it).
+    Triton 3.8 cannot lower a gather from a narrower source (an isWarpLocal assertion).
     """
     if TRANSPOSE:
         yo = y0
@@ -260,21 +320,21 @@ def box_tile(src_ptr, seed, cbase, y0, x0, H, W, s,
     xm = wrap(xo + cm, W)[None, :]
     xh = wrap(xo + COLS + ch, W)[None, :]
     f_mm = field_at(src_ptr, seed, cbase, ym, xm, W, FROM_SEED, CDT)
-    f_mh = field_at(src_ptr, seed, cbase, ym, xh, W, FROM_SEED, CDT)
-    f_hm = field_at(src_ptr, seed, cbase, yh, xm, W, FROM_SEED, CDT)
-    f_hh = field_at(src_ptr, seed, cbase, yh, xh, W, FROM_SEED, CDT)
-    # Rows: the window of output row r is extended rows q = r + d, in the main block or the halo.
+    f_mh = tile_cols(field_at(src_ptr, seed, cbase, ym, xh, W, FROM_SEED, CDT), COLS)
+    f_hm = tile_rows(field_at(src_ptr, seed, cbase, yh, xm, W, FROM_SEED, CDT), ROWS)
+    f_hh = tile_cols(tile_rows(field_at(src_ptr, seed, cbase, yh, xh, W, FROM_SEED, CDT), ROWS), COLS)
+    # Rows: the window of output row r is extended rows q = r + d, in the main block or the halo
+    # (halo row q - ROWS < HS, found at that row of the repeated halo). vh holds the row sums of
+    # the halo columns, repeated along columns like f_mh.
     vm = tl.zeros((ROWS, COLS), CDT)
-    vh = tl.zeros((ROWS, HS), CDT)
+    vh = tl.zeros((ROWS, COLS), CDT)
     for d in range(s):
-        q = rm[:, None] + d
+        q = tl.broadcast_to(rm[:, None] + d, (ROWS, COLS))
         qm = tl.minimum(q, ROWS - 1)
         qh = tl.minimum(tl.maximum(q - ROWS, 0), HS - 1)
         in_main = q < ROWS
-        vm += tl.where(in_main, tl.gather(f_mm, tl.broadcast_to(qm, (ROWS, COLS)), 0),
-                       tl.gather(f_hm, tl.broadcast_to(qh, (ROWS, COLS)), 0))
-        vh += tl.where(in_main, tl.gather(f_mh, tl.broadcast_to(qm, (ROWS, HS)), 0),
-                       tl.gather(f_hh, tl.broadcast_to(qh, (ROWS, HS)), 0))
+        vm += tl.where(in_main, tl.gather(f_mm, qm, 0), tl.gather(f_hm, qh, 0))
+        vh += tl.where(in_main, tl.gather(f_mh, qm, 0), tl.gather(f_hh, qh, 0))
     # Columns, the same way on the row sums.
     acc = tl.zeros((ROWS, COLS), CDT)
     for e in range(s):
@@ -282,4 +342,8 @@ def box_tile(src_ptr, seed, cbase, y0, x0, H, W, s,
         from_main = tl.gather(vm, tl.minimum(q, COLS - 1), 1)
         from_halo = tl.gather(vh, tl.minimum(tl.maximum(q - COLS, 0), HS - 1), 1)
         acc += tl.where(q < COLS, from_main, from_halo)
-    return acc / s
+    # Correctly rounded, as the CUDA kernels divide (Triton's f32 "/" is an approximate division).
+    if CDT == tl.float32:
+        return tl.div_rn(acc, tl.full((ROWS, COLS), s, tl.float32))
+    else:
+        return acc / s

@@ -13,6 +13,7 @@ from .common import (
     define_op,
     idct_tile,
     load_basis,
+    on_device,
     patch_tile,
     patch_tile_configs,
     prune_patch_configs,
@@ -52,7 +53,8 @@ def patch_dct(x: torch.Tensor, k: int, inverse: bool) -> torch.Tensor:
     def grid(meta):
         return (b * c * triton.cdiv(h, meta["TILE_H"]), triton.cdiv(w, meta["TILE_W"]))
 
-    wrap_triton(_patch_dct_kernel)[grid](x, out, basis, h, w, INVERSE=inverse, K=k)
+    with on_device(x):
+        wrap_triton(_patch_dct_kernel)[grid](x, out, basis, h, w, INVERSE=inverse, K=k)
     return out
 
 

@@ -26,8 +26,10 @@ from .common import (
     halo_size,
     idct_tile,
     load_basis,
+    on_device,
     patch_tile,
     patch_tile_configs,
+    philox_normal,
     prune_patch_configs,
     split_float,
     to_patch_layout,
@@ -85,8 +87,9 @@ def _relay_fused_kernel(out_ptr, x0_ptr, x1_ptr, x2_ptr, x3_ptr, w_ptr, basis_pt
         if FROM_SEED:
             seed = tl.load(seed_ptr + b)
             cbase = (plane % C).to(tl.int64) * H * W + offset
-            e = tl.randn(seed, cbase + pix).to(CDT)
-            blk = box_tile(e_ptr, seed, cbase + C.to(tl.int64) * H * W, y0, x0, H, W, s,
+            # C (like any int argument) is a constexpr when it is 1, so no C.to(): tl.cast takes both.
+            e = philox_normal(seed, cbase + pix).to(CDT)
+            blk = box_tile(e_ptr, seed, cbase + tl.cast(C, tl.int64) * H * W, y0, x0, H, W, s,
                            TILE_H, TILE_W, HS, False, True, CDT)
         else:
             e = tl.load(e_ptr + offs, mask=mask, other=0.0).to(CDT)
@@ -174,12 +177,13 @@ def relay_fused(
     def grid(meta):
         return (b * c * triton.cdiv(h, meta["TILE_H"]), triton.cdiv(w, meta["TILE_W"]))
 
-    wrap_triton(_relay_fused_kernel)[grid](
-        out, *ptrs, weights, basis, scale, seed_t, e, eb,
-        c, h, w, offset, bs_hi, bs_lo, block_size,
-        N_IN=len(xs), K=k, HAS_NOISE=has_noise, FROM_SEED=from_seed,
-        HS=halo_size(block_size) if has_noise else 1, F64=cdt == torch.float64,
-    )
+    with on_device(x0):
+        wrap_triton(_relay_fused_kernel)[grid](
+            out, *ptrs, weights, basis, scale, seed_t, e, eb,
+            c, h, w, offset, bs_hi, bs_lo, block_size,
+            N_IN=len(xs), K=k, HAS_NOISE=has_noise, FROM_SEED=from_seed,
+            HS=halo_size(block_size) if has_noise else 1, F64=cdt == torch.float64,
+        )
     return out
 
 
