@@ -96,7 +96,7 @@ def block_filter(e: torch.Tensor, block_size: int = 4, *, backend: str | None = 
     """Block_s(e): circular s x s box sum divided by s (unit variance for white e)."""
     check.image(e, "e")
     s = check.size_param(block_size, "block_size", e)
-    return _launch(_kernels(e).block_filter, (e,), e, s, False)
+    return _launch(_kernels(e, backend=backend).block_filter, (e,), e, s, False)
 
 
 def _device(device, seed) -> torch.device:

@@ -1,6 +1,7 @@
 """The generator (SPEC 4), block filter and block noise (SPEC 3) on every backend."""
 
 import math
+import os
 
 import pytest
 import torch
@@ -9,10 +10,9 @@ from helpers import DTYPES, check_against_truth, rand_image, run_on_cpu_isa
 import relay_kernels as rk
 from relay_kernels import reference
 
-# Philox words are bit-exact on every backend; only the float32 log/cos of Box-Muller may round
-# differently between math libraries, by an ulp or two.
+# Philox words are bit-exact on every backend; the float32 Box-Muller is not (each backend has its
+# own log and cos), so values agree to within the ulps docs/KERNELS.md states, not bit for bit.
 NOISE_TOL = dict(atol=4e-6, rtol=4e-6)
-
 
 @pytest.mark.parametrize("shape", [(1, 7), (3, 2, 5, 9), (2, 1, 16, 16)], ids=str)
 @pytest.mark.parametrize("offset", [0, 13, 2**33 + 5])
@@ -143,3 +143,101 @@ def test_cpu_generator_paths_agree(isa):
             "out = rk.randn(shape, s, 2**32 - 300, backend='cpu');"
             "torch.testing.assert_close(out, R.randn(s, shape, 2**32 - 300), atol=4e-6, rtol=4e-6); print('ok')")
     run_on_cpu_isa(code, isa)
+
+
+# The noise guarantee of SPEC 4 as docs/KERNELS.md states it, measured with benchmarks/noise_ulp.py:
+# at most this many ulps from the ideal transform (Box-Muller on the same Philox words with each
+# float32 step correctly rounded), on every counter.
+MAX_ULP_FROM_IDEAL = {"reference": 3, "cpu": 3, "triton": 4}
+# Counters (key, counter) whose words hit Box-Muller's edge cases, found by scanning the words
+# (benchmarks/noise_ulp.py special_counters); the test checks that they still do.
+SPECIAL = {
+    "u0 clamped": [(0, [14883995, 17758991])],
+    "u0 near 1": [(0, [1220341, 4246823, 5412683, 5879350, 6914818, 6925341])],
+    "u1 near 0": [(0, [794036, 935460, 3960693, 6699898, 7113731, 10390068])],
+    "u1 near 0.25": [(0, [419362, 1052182, 3398142, 4585946, 4907508, 6940166])],
+    "u1 near 0.5": [(0, [245957, 943469, 1036099, 1136434, 2115982, 3286986])],
+    "u1 near 0.75": [(0, [961908, 1085863, 1589456, 1980224, 2183408, 2265233])],
+    "u1 near 1": [(0, [474393, 554671, 1042455, 1089795, 3931599, 4090915])],
+}
+
+
+def _special_holds(name, s0, s1):
+    top = 2**31 - 1
+    return {"u0 clamped": s0 < 215, "u0 near 1": s0 > top - 2**11, "u1 near 0": s1 < 2**11,
+            "u1 near 0.25": abs(s1 - 2**29) < 2**11, "u1 near 0.5": abs(s1 - 2**30) < 2**11,
+            "u1 near 0.75": abs(s1 - 3 * 2**29) < 2**11, "u1 near 1": s1 > top - 2**11}[name]
+
+
+def _assert_within_ulps(out, key, counters, limit, what):
+    from benchmarks.noise_ulp import ideal_from_bits, ulp_distance, words
+
+    d = ulp_distance(out, ideal_from_bits(*words(key, counters)))
+    worst = int(d.argmax())
+    assert d.max() <= limit, (f"{what}: counter {int(counters[worst])} of key {key} is {int(d[worst])} ulps from "
+                              f"the ideal (limit {limit}); {int((d > limit).sum())} over the limit")
+
+
+@pytest.mark.parametrize("key,offset", [(0, 0), (2**40 + 3, 2**32 - 50_000)])
+def test_normals_within_stated_ulps(backend, key, offset):
+    n = 200_000 if backend != "triton" else 50_000
+    out = rk.randn((1, n), torch.tensor([key]), offset, backend=backend)[0]
+    _assert_within_ulps(out, key, offset + torch.arange(n), MAX_ULP_FROM_IDEAL[backend], backend)
+
+
+@pytest.mark.parametrize("name", list(SPECIAL))
+def test_normals_within_stated_ulps_at_edge_cases(backend, name):
+    from benchmarks.noise_ulp import words
+
+    for key, counters in SPECIAL[name]:
+        c = torch.tensor(counters)
+        r0, r1 = words(key, c)
+        s0 = torch.where(r0 >= 2**31, 2**32 - 1 - r0, r0)
+        s1 = torch.where(r1 >= 2**31, 2**32 - 1 - r1, r1)
+        assert _special_holds(name, s0, s1).all(), f"{name}: counters of key {key} no longer hit the case"
+        out = torch.stack([rk.randn((1, 1), torch.tensor([key]), int(i), backend=backend)[0, 0] for i in counters])
+        _assert_within_ulps(out, key, c, MAX_ULP_FROM_IDEAL[backend], f"{backend}, {name}")
+
+
+@pytest.mark.parametrize("isa", ["scalar", "avx2"])
+def test_cpu_generator_paths_within_stated_ulps(isa):
+    """Both CPU generator paths (run-time AVX2 + FMA, portable) keep the stated ulps, across the
+    counter's high word changing, and at the edge-case counters."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    code = (f"import sys; sys.path[:0] = [{here!r}, {os.path.dirname(here)!r}];"
+            "import torch, relay_kernels as rk, test_block_noise as t;"
+            "t._assert_within_ulps(rk.randn((1, 200000), torch.tensor([3]), 2**32 - 300, backend='cpu')[0], 3,"
+            " 2**32 - 300 + torch.arange(200000), t.MAX_ULP_FROM_IDEAL['cpu'], 'cpu');"
+            "[t.test_normals_within_stated_ulps_at_edge_cases('cpu', name) for name in t.SPECIAL];"
+            "print('ok')")
+    run_on_cpu_isa(code, isa)
+
+
+def test_triton_philox_words_exact():
+    """Triton's own Philox words (tl.randint4x) equal the reference's, bit for bit, across the
+    counter's high word; the reference's are checked against Random123's known answer above."""
+    from relay_kernels import _backend
+
+    reason = _backend._unavailable("triton", torch.device("cpu"))
+    if reason:
+        pytest.skip(reason)
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def philox_words(out_ptr, seed, offset, n, BLOCK: tl.constexpr):
+        i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        r0, r1, r2, r3 = tl.randint4x(seed, i.to(tl.int64) + offset)
+        mask = i < n
+        tl.store(out_ptr + i, r0, mask=mask)
+        tl.store(out_ptr + n + i, r1, mask=mask)
+        tl.store(out_ptr + 2 * n + i, r2, mask=mask)
+        tl.store(out_ptr + 3 * n + i, r3, mask=mask)
+
+    for key, offset in [(0, 0), (2**40 + 3, 2**32 - 100), (-5, 7)]:
+        n = 300
+        out = torch.empty(4 * n, dtype=torch.int32)
+        philox_words[(triton.cdiv(n, 128),)](out, key, offset, n, BLOCK=128)
+        got = out.view(4, n).to(torch.int64) & 0xFFFFFFFF
+        expected = torch.stack(reference.philox4x32(torch.tensor(key), offset + torch.arange(n)))
+        assert torch.equal(got, expected), f"key {key}, offset {offset}"

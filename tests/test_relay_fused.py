@@ -158,3 +158,32 @@ def test_widths_around_cpu_tiles(backend, op, width, dtype):
                                       sample_scalars(2, 0.2, 3.0, seed=1))
     images = [rand_image(shape, torch.float64, seed) for seed in range(n_images)]
     check_against_truth(fn, truth, images, dtype, op)
+
+
+# Non-finite values (SPEC): a NaN or infinity in a patch of a transformed input makes that whole
+# patch of the output non-finite, also where the input's spectral weights are one constant and a
+# kernel may add c x instead of transforming (patch_blur and relay_corrupt at blur sigma 0,
+# relay_step's x_cur, and both inputs at t_next = 0, where x_cur's weight is 0 and den's is 1).
+CONSTANT_WEIGHT_CASES = {
+    "patch_blur_sigma0": (1, lambda xs, be: rk.patch_blur(xs[0], 0.0, backend=be)),
+    "relay_corrupt_blur0": (1, lambda xs, be: rk.relay_corrupt(xs[0], 0.5, 0.0, seed=1, backend=be)),
+    "relay_step": (2, lambda xs, be: rk.relay_step(xs[0], xs[1], 0.5, 0.3, seed=1, backend=be)),
+    "relay_step_to_zero": (2, lambda xs, be: rk.relay_step(xs[0], xs[1], 0.5, 0.0, seed=1, backend=be)),
+    "relay_correct": (4, lambda xs, be: rk.relay_correct(*xs, 0.5, 0.3, seed=1, backend=be)),
+}
+NONFINITE_CASES = [(case, j) for case, (n, _) in CONSTANT_WEIGHT_CASES.items() for j in range(n)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")], ids=str)
+@pytest.mark.parametrize("case,j", NONFINITE_CASES, ids=[f"{c}-input{j}" for c, j in NONFINITE_CASES])
+def test_nonfinite_spreads_over_its_patch(backend, case, j, value, dtype):
+    n, fn = CONSTANT_WEIGHT_CASES[case]
+    xs = [rand_image((2, 3, 8, 36), dtype, seed) for seed in range(n)]
+    xs[j][0, 1, 5, 6] = value
+    xs[j][1, 2, 1, 33] = value  # in the CPU kernel's zero-padded last tile
+    expected = torch.zeros(2, 3, 8, 36, dtype=torch.bool)
+    expected[0, 1, 4:8, 4:8] = True
+    expected[1, 2, 0:4, 32:36] = True
+    out = fn(xs, backend)
+    assert torch.equal(~torch.isfinite(out), expected), f"{int((~torch.isfinite(out)).sum())} non-finite"

@@ -4,13 +4,15 @@
 // idct-rows(W_j[u,:] * dct-rows(t)) = t M_{j,u} with M_{j,u} = C^T diag(W_j[u,:]) C, so each
 // input costs one column transform (C, vectorized along x) and one k x k row transform per patch
 // row, and the sum costs one final column transform (C^T). An input whose weights are one
-// constant c (relay_step's x_cur: its weight is g everywhere) is added as c x, untransformed.
+// constant c (relay_step's x_cur: its weight is g everywhere) is added as c x, untransformed,
+// except on patches holding a NaN or infinity, which become NaN as the transform would make them.
 // Each band of k image rows is read once per input and written once, with the noise generated
 // for that band in the same pass. At patch size 4 in float32/bfloat16 on CPUs with AVX2 + FMA,
 // the transforms of a band run as register tiles instead (spectral_tiles.h).
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <limits>
 #include <vector>
 
 #include "checks.h"
@@ -54,6 +56,18 @@ struct FusedArgs {
   SpectralBandFn tiles, tiles_to_bf16;
   const float* rows8;  // [B][n][kTileRowsSize]
 };
+
+// dst = NaN on every K x K patch of the band whose x holds a NaN or infinity.
+template <int K, typename T>
+RK_INLINE void poison_patches(const T* RK_RESTRICT x, int64_t w, T* RK_RESTRICT dst) {
+  for (int64_t p = 0; p < w; p += K) {
+    bool bad = false;
+    for (int r = 0; r < K; ++r) bad = bad || any_nonfinite(x + r * w + p, K);
+    if (!bad) continue;
+    for (int r = 0; r < K; ++r)
+      for (int m = 0; m < K; ++m) dst[r * w + p + m] = std::numeric_limits<T>::quiet_NaN();
+  }
+}
 
 // Bands [begin, end) of K rows; band = plane * (H / K) + patch row.
 template <int K, typename T, NoiseKind kNoise>
@@ -189,6 +203,10 @@ RK_CPU_CLONES void fused_bands(const FusedArgs<T>& a, int64_t begin, int64_t end
         for (int64_t i = 0; i < band; ++i) dst[i] = cj * x[i];
       }
       written = true;
+      // The transform would spread a NaN or infinity over its whole patch (SPEC, non-finite
+      // values); c x keeps it on its pixel, so such patches are set to NaN here. One integer
+      // pass over the band, in cache, finds whether there is anything to do.
+      if (any_nonfinite(x, band)) poison_patches<K>(x, w, dst);
     }
     if constexpr (kNoise != NoiseKind::kNone) {
       const T* RK_RESTRICT e = e_tile;

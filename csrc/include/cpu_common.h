@@ -201,6 +201,10 @@ RK_INLINE void sum_shifted(const T* RK_RESTRICT src, int m, int64_t step, int64_
 // of e rows, keeping the horizontal box sums of the last s source rows in a ring of s rows.
 // Output row y needs source rows y - i (transpose: y + i), i < s, so rows are produced in
 // increasing y (transpose: decreasing y) and each source row is generated once.
+// The source row at window position y' (unwrapped: y - i, which may be negative) lives in ring
+// slot y' mod s, and the slots are added in slot order: the order of the s terms of an output row
+// is a function of y alone, never of the row a worker started from, so the bits do not depend on
+// how rows are split among threads or on which other samples share the batch.
 // Scratch: (s + 1) * W + s elements of T.
 template <typename T>
 struct BoxRows {
@@ -210,40 +214,42 @@ struct BoxRows {
   T* ring;
   T* ext;
   int64_t next_y = -1;
-  int slot = 0;
 
   BoxRows(int64_t h_, int64_t w_, int s_, bool transpose_, T* scratch)
       : h(h_), w(w_), s(s_), transpose(transpose_), ring(scratch), ext(scratch + static_cast<int64_t>(s_) * w_) {}
 
   int64_t wrap(int64_t y) const { y %= h; return y < 0 ? y + h : y; }
   int64_t step() const { return transpose ? -1 : 1; }
+  T* slot_of(int64_t y) const {
+    const int64_t r = y % s;
+    return ring + (r < 0 ? r + s : r) * w;
+  }
 
-  // Horizontal box sum of source row `row` into the next ring slot.
+  // Horizontal box sum of the source row at unwrapped window position y into its ring slot.
   template <class Src>
-  RK_INLINE void push(Src& src, int64_t row) {
+  RK_INLINE void push(Src& src, int64_t y) {
     const int pad = s - 1;
     T* e = transpose ? ext : ext + pad;
-    src(row, e);
+    src(wrap(y), e);
     if (transpose) {
       for (int i = 0; i < pad; ++i) ext[w + i] = ext[i];
     } else {
       for (int i = 0; i < pad; ++i) ext[i] = ext[w + i];
     }
-    sum_shifted(ext, s, 1, w, ring + static_cast<int64_t>(slot) * w);
-    slot = slot + 1 == s ? 0 : slot + 1;
+    sum_shifted(ext, s, 1, w, slot_of(y));
   }
 
   // Start (or continue) at output row y.
   template <class Src>
   RK_INLINE void seek(Src& src, int64_t y) {
     if (y == next_y) return;
-    slot = 0;
-    for (int i = s - 1; i >= 1; --i) push(src, wrap(y - step() * i));
+    for (int i = s - 1; i >= 1; --i) push(src, y - step() * i);
     next_y = y;
   }
 
   // out = Block row next_y (times s when kNormalize is false: a caller that scales the row
-  // anyway folds 1/s into its own factor); advances.
+  // anyway folds 1/s into its own factor); advances. A worker stops at the end of a plane, so
+  // next_y never wraps while the ring is in use.
   template <bool kNormalize = true, class Src>
   RK_INLINE void next(Src& src, T* RK_RESTRICT out) {
     push(src, next_y);
@@ -257,11 +263,30 @@ struct BoxRows {
         for (int64_t x = 0; x < w; ++x) out[x] = out[x] / sd;
       }
     }
-    next_y = wrap(next_y + step());
+    next_y = next_y + step();
   }
 
   void reset() { next_y = -1; }
 };
+
+// ------------------------------------------------------------------ non-finite values
+
+// True when some x[i], i < n, is NaN or infinite: an integer max over the magnitude bits (an
+// integer reduction vectorizes without reassociating float math).
+template <typename T>
+RK_INLINE bool any_nonfinite(const T* RK_RESTRICT x, int64_t n) {
+  using U = typename std::conditional<sizeof(T) == 4, uint32_t, uint64_t>::type;
+  constexpr U kMagnitude = ~U(0) >> 1;
+  constexpr U kInf = sizeof(T) == 4 ? U(0x7f800000u) : U(0x7ff0000000000000ull);
+  U most = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    U bits;
+    std::memcpy(&bits, x + i, sizeof(U));
+    bits &= kMagnitude;
+    most = bits > most ? bits : most;
+  }
+  return most >= kInf;
+}
 
 // Sources of e rows for BoxRows: src(row, dst) writes the W values of source row `row`.
 template <typename T>
