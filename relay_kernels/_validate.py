@@ -3,6 +3,19 @@
 Value checks (signs of sigmas) read tensor data, which on a GPU is a host sync, so they run on
 Python numbers and CPU tensors, and are skipped for accelerator tensors and under torch.compile
 tracing (so sampling loops stay sync-free and CUDA-graph capturable).
+
+Ranges (SPEC "Non-finite values"; the same on every backend, checked before one is chosen):
+* per-sample scalars (sigma, blur_sigma, t_cur, t_next): finite, of their sign, and representable in
+  the compute dtype (float32 for half and float32 images): at most finfo.max, and t_cur (and t_next
+  for relay_correct, whose D' divides by it) at least finfo.tiny, so neither rounds to 0 nor gives an
+  infinite t_next / t_cur or t_cur / t_next. A blur sigma whose b^2 overflows is fine: the blur is
+  then its limit (reference.blur_spectrum). Values on an accelerator are not read (no sync); a
+  NaN there gives NaN in its own sample.
+* op-wide floats: min_scale in [0, 1], prob_length in [float32 tiny, float32 max], blur_sigma_max
+  in [0, float32 max], block_scale and s_block finite within float32, s_noise in [0, 1).
+* seeds and counters inside int64 (SPEC 4): an int seed s needs s .. s + B - 1 in int64, and
+  offset + N (randn, block_noise) or offset + 2N (ops drawing e and e') at most 2^63 - 1.
+* tensors are dense, and per-sample tensors and seeds on meta only when the op runs on meta.
 """
 
 from __future__ import annotations

@@ -43,8 +43,13 @@ def _umask_mode() -> int:
 
 
 def _atomic_write(path: str, write) -> None:
+    """write(f) into a temporary in path's folder, then rename it to path: path is either the old file
+    or the whole new one. An OSError (disk full, read-only folder) names path, not the temporary."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     try:
         # mkstemp makes the file 0600; the renamed file should get the usual mode, as open() would.
         os.chmod(tmp, _umask_mode())
@@ -53,10 +58,26 @@ def _atomic_write(path: str, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
         raise
+
+
+def append_line(path: str, line: str) -> None:
+    """Append one line to path; if the write fails (disk full) the file is cut back to its old end,
+    so no partial record is left."""
+    data = (line + "\n").encode()
+    with open(path, "ab") as f:
+        end = f.tell()
+        try:
+            f.write(data)
+            f.flush()
+        except OSError as exc:
+            f.truncate(end)
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
 
 
 def save_json(path: str, obj) -> None:

@@ -412,8 +412,7 @@ def training_loop(**overrides) -> dict:
             if rank == 0 and (_every(step, opts["log_every"]) or step == steps):
                 rec = {"step": step, "kimg": step * opts["batch"] / 1000, "lr": lr, "img_per_s": img_rate,
                        **{f"loss{s}": v for s, v in zip(stages, vals, strict=True)}}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                ckpt.append_line(metrics_path, json.dumps(rec))
             stopping = dist_util.any_flag(stop.signum is not None, device)
             if stopping or _every(step, opts["snap_every"]) or step == steps:
                 save(step)

@@ -305,6 +305,7 @@ def _tiny_cli(outdir, steps, *extra):
             *extra]
 
 
+@pytest.mark.slow
 def test_sigkill_before_first_checkpoint_then_fresh_start(tmp_path):
     """kill -9 before any checkpoint, then the same command again: the new run starts anew (its
     metrics are its own, not appended to the killed run's) and our stale temporaries are removed."""
