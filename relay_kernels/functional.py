@@ -77,7 +77,7 @@ def _cached_frequency_squares(k: int, dtype: torch.dtype, device: torch.device) 
 def _blur_weights(b: torch.Tensor, k: int, min_scale) -> torch.Tensor:
     """blur_spectrum as the [B, 1, k, k] weights of one input; its constant part is kept between
     calls in eager mode (a few small tensor ops fewer per call)."""
-    m = check.real(min_scale, "min_scale")
+    m = check.real(min_scale, "min_scale", 0.0, 1.0)
     lam = None if torch.compiler.is_compiling() else _cached_frequency_squares(k, b.dtype, b.device)
     return reference.blur_spectrum(b, k, m, lam)[:, None]
 
@@ -123,7 +123,8 @@ def randn(shape, seed, offset: int = 0, *, dtype=torch.float32, device=None, bac
     device = _device(device, seed)
     kernels = resolve(device, backend)  # first: on a machine without that device, says why
     seeds = check.seeds(seed, shape[0], device)
-    return _launch(kernels.noise, (), seeds, list(shape), check.offset(offset), 0, _noise_dtype(dtype))
+    off = check.offset(offset, math.prod(shape[1:]), 1)
+    return _launch(kernels.noise, (), seeds, list(shape), off, 0, _noise_dtype(dtype))
 
 
 def block_noise(shape, block_size: int = 4, seed=None, offset: int = 0, *, dtype=torch.float32, device=None,
@@ -138,7 +139,8 @@ def block_noise(shape, block_size: int = 4, seed=None, offset: int = 0, *, dtype
     device = _device(device, seed)
     kernels = resolve(device, backend)  # first: on a machine without that device, says why
     seeds = check.seeds(seed, shape[0], device)
-    return _launch(kernels.noise, (), seeds, list(shape), check.offset(offset), s, _noise_dtype(dtype))
+    off = check.offset(offset, math.prod(shape[1:]), 1)
+    return _launch(kernels.noise, (), seeds, list(shape), off, s, _noise_dtype(dtype))
 
 
 def _noise_args(x, seed, offset, noise, like_name):
@@ -148,7 +150,7 @@ def _noise_args(x, seed, offset, noise, like_name):
             raise ValueError("pass either seed= or noise=, not both")
         e, e_block = check.noise_pair(noise, x, like_name)
         return None, 0, e.contiguous(), e_block.contiguous()
-    return check.seeds(seed, x.shape[0], x.device), check.offset(offset), None, None
+    return check.seeds(seed, x.shape[0], x.device), check.offset(offset, x[0].numel(), 2), None, None
 
 
 def _block_size(block_size, k, x):
@@ -182,17 +184,20 @@ def relay_corrupt(x0, sigma, blur_sigma, k: int = 4, block_scale: float = 0.15, 
                    [x0], weights, scale, beta, s, seeds, off, e, e_block)
 
 
-def _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max):
+def _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max, min_scale, correct):
     check.image(x_cur, "x_cur")
     k = check.size_param(k, "k", x_cur)
     check.image(x_cur, "x_cur", k)
     wdt = _weight_dtype(x_cur)
     tc = check.per_sample(t_cur, "t_cur", x_cur, wdt, positive=True)
-    tn = check.per_sample(t_next, "t_next", x_cur, wdt, nonnegative=True)
+    # The Heun correction divides by t_next (D'); the sampler's last step (t_next = 0) is Euler only.
+    tn = check.per_sample(t_next, "t_next", x_cur, wdt, positive=correct, nonnegative=not correct)
+    check.time_ratios(t_cur, t_next, wdt, both=correct)
     s_noise = check.unit_interval(s_noise, "s_noise")
     check.real(s_block, "s_block")
-    check.real(prob_length, "prob_length")
-    check.real(blur_sigma_max, "blur_sigma_max")
+    check.real(prob_length, "prob_length", check.FLOAT32_TINY)  # b(sigma) divides Phi <= 1 by it
+    check.real(blur_sigma_max, "blur_sigma_max", 0.0)
+    check.real(min_scale, "min_scale", 0.0, 1.0)
     return k, tc, tn, s_noise
 
 
@@ -204,7 +209,8 @@ def relay_step(x_cur, den, t_cur, t_next, k: int = 4, s_noise: float = 0.2, s_bl
 
     x_next = g x_cur + patch_idct((a_n - g a_c) patch_dct(den)) + s_noise t_next n.
     """
-    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max)
+    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max,
+                                       min_scale, False)
     check.same_as(den, x_cur, "den", "x_cur")
     s = _block_size(block_size, k, x_cur)
     seeds, off, e, e_block = _noise_args(x_cur, seed, offset, noise, "x_cur")
@@ -219,7 +225,8 @@ def relay_correct(x_cur, den, x_next, den_next, t_cur, t_next, k: int = 4, s_noi
                   min_scale: float = 1e-3, seed=None, offset: int = 0, *, noise=None,
                   block_size: int | None = None, normalize: bool = False, backend: str | None = None):
     """Heun correction of the relay sampler (SPEC 6) with fresh noise, one fused pass."""
-    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max)
+    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max,
+                                       min_scale, True)
     for t, name in ((den, "den"), (x_next, "x_next"), (den_next, "den_next")):
         check.same_as(t, x_cur, name, "x_cur")
     s = _block_size(block_size, k, x_cur)

@@ -82,11 +82,17 @@ def frequency_squares(k: int, dtype=torch.float64, device=None) -> torch.Tensor:
 def blur_spectrum(blur_sigma: torch.Tensor, k: int, min_scale: float = 1e-3, lam: torch.Tensor | None = None):
     """a_b[u, v] = exp(-lambda[u, v] b^2 / 2) (1 - m) + m, shape [B, k, k].
 
+    For a b so large that b^2 overflows the dtype this is the b -> inf limit: 1 at [0, 0], m elsewhere.
+
     lam: frequency_squares(k) in blur_sigma's dtype and device, if the caller keeps it at hand.
     """
     if lam is None:
         lam = frequency_squares(k, blur_sigma.dtype, blur_sigma.device)
     neg_tau = (blur_sigma * blur_sigma * -0.5)[:, None, None]  # -b^2/2, exactly
+    # A finite b whose b^2 overflows gives -inf, and lambda[0, 0] * -inf = NaN; clamped to the most
+    # negative finite value the product is -0 (DC weight 1) or -inf (weight m), the b -> inf limit.
+    # Finite -b^2/2 is unchanged, and a NaN b stays NaN.
+    neg_tau = neg_tau.clamp(min=torch.finfo(neg_tau.dtype).min)
     return torch.exp(lam * neg_tau) * (1 - min_scale) + min_scale
 
 

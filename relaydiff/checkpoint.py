@@ -43,8 +43,13 @@ def _umask_mode() -> int:
 
 
 def _atomic_write(path: str, write) -> None:
+    """write(f) into a temporary in path's folder, then rename it to path: path is either the old file
+    or the whole new one. An OSError (disk full, read-only folder) names path, not the temporary."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix="." + os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    except OSError as exc:
+        raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
     try:
         # mkstemp makes the file 0600; the renamed file should get the usual mode, as open() would.
         os.chmod(tmp, _umask_mode())
@@ -53,10 +58,26 @@ def _atomic_write(path: str, write) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
         raise
+
+
+def append_line(path: str, line: str) -> None:
+    """Append one line to path; if the write fails (disk full) the file is cut back to its old end,
+    so no partial record is left."""
+    data = (line + "\n").encode()
+    with open(path, "ab") as f:
+        end = f.tell()
+        try:
+            f.write(data)
+            f.flush()
+        except OSError as exc:
+            f.truncate(end)
+            raise OSError(exc.errno, f"cannot write {path}: {exc.strerror}") from exc
 
 
 def save_json(path: str, obj) -> None:
@@ -100,14 +121,101 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     return state
 
 
+# Sane upper limits for a loaded network config, checked before anything is built: a crafted or
+# damaged config.json must not make a loader allocate without bound. Far above any model this
+# project trains (the defaults are 16 channels, 32 px).
+NETWORK_LIMITS = dict(img_resolution=8192, img_channels=64, label_dim=1_000_000, model_channels=8192,
+                      num_blocks=64, num_heads=1024)
+MAX_LEVELS, MAX_MULT = 16, 64
+
+
+def _check_int(value, field: str, low: int, high: int, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{where}: config field {field} must be an int in [{low}, {high}], got {value!r}")
+    return value
+
+
+def check_stage_config(stage_config, where: str) -> dict:
+    """Types and sane limits of a STAGE dict (see the layout above), before any tensor is made."""
+    if not isinstance(stage_config, dict) or not isinstance(stage_config.get("network"), dict) \
+            or not isinstance(stage_config["network"].get("kwargs"), dict):
+        raise ValueError(f"{where}: stage config has no network.kwargs dict")
+    kw = stage_config["network"]["kwargs"]
+    for field, high in NETWORK_LIMITS.items():
+        if field in kw or field == "img_resolution":
+            _check_int(kw.get(field), f"network.kwargs.{field}", 0 if field == "label_dim" else 1, high, where)
+    for field, high in (("channel_mult", MAX_MULT), ("attn_resolutions", NETWORK_LIMITS["img_resolution"])):
+        values = kw.get(field, [])
+        if not isinstance(values, (list, tuple)) or len(values) > MAX_LEVELS:
+            raise ValueError(f"{where}: config field network.kwargs.{field} must be a list of at most "
+                             f"{MAX_LEVELS} ints, got {values!r}")
+        for v in values:
+            _check_int(v, f"network.kwargs.{field}", 1, high, where)
+    res = kw["img_resolution"]
+    for field in ("resolution", "img_channels", "label_dim"):
+        mine = "img_resolution" if field == "resolution" else field
+        if field in stage_config and mine in kw and stage_config[field] != kw[mine]:
+            raise ValueError(f"{where}: config field {field}={stage_config[field]!r} differs from "
+                             f"network.kwargs.{mine}={kw[mine]!r}")
+    if "k" in stage_config:
+        k = _check_int(stage_config["k"], "k", 1, res, where)
+        if res % k:
+            raise ValueError(f"{where}: config field k={k} does not divide the resolution {res}")
+    return stage_config
+
+
+def _mismatch_field(key: str, want: tuple, have: tuple) -> str:
+    """The config field that sets a mismatched tensor's size, for the tensors that name one alone."""
+    if key.endswith("conv_in.weight") and want[1:2] == have[1:2]:
+        return "network.kwargs.model_channels"
+    if key.endswith("conv_in.weight"):
+        return "network.kwargs.img_channels"
+    if key.endswith("map_label.weight") and want[1:] != have[1:]:
+        return "network.kwargs.label_dim"
+    return "network.kwargs (model_channels, channel_mult, num_blocks, attn_resolutions, label_dim)"
+
+
+def build_checked(spec: dict, state_dict, where: str, device="cpu"):
+    """build_network(spec) with weights from state_dict, having first built it on the meta device (no
+    memory) and compared every tensor's name and shape with the state_dict's: a config that does not
+    describe its weights is an error naming the config field, never a huge allocation."""
+    try:
+        with torch.device("meta"):
+            net = build_network(spec)
+    except (TypeError, ValueError) as exc:  # an unknown or ill-typed kwarg, an unknown class
+        raise ValueError(f"{where}: config field network: {exc}") from exc
+    want = {key: tuple(t.shape) for key, t in net.state_dict().items()}
+    have = {key: tuple(t.shape) for key, t in state_dict.items()} if isinstance(state_dict, dict) else {}
+    if want.keys() != have.keys():
+        extra, missing = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
+        raise ValueError(f"{where}: the config's network does not match the saved weights (config field "
+                         f"{_mismatch_field('', (), ())}): missing {missing[:3]}, unexpected {extra[:3]}")
+    # conv_in first: its shape names model_channels or img_channels alone.
+    for key in sorted(want, key=lambda name: not name.endswith("conv_in.weight")):
+        shape = want[key]
+        if shape != have[key]:
+            raise ValueError(f"{where}: config field {_mismatch_field(key, shape, have[key])} does not match "
+                             f"the saved weights: {key} is {list(have[key])} in the checkpoint but "
+                             f"{list(shape)} for the config")
+    net = net.to_empty(device=device)  # every tensor is then overwritten by the strict load below
+    net.load_state_dict(state_dict, strict=True)
+    return net
+
+
 def load_network(path: str, stage: int, ema: bool = True, device="cpu"):
     """(net, stage_config): the stage's EDMPrecond in eval mode without gradients, its EMA weights
-    unless ema=False, and the STAGE dict of config.json (resolution, k, label_dim, network, loss)."""
+    unless ema=False, and the STAGE dict of config.json (resolution, k, label_dim, network, loss).
+    The config is checked against sane limits and against the saved tensors before anything is
+    allocated (build_checked)."""
     state = load_checkpoint(path)
     key = str(stage)
     if key not in state["stages"]:
         raise ValueError(f"{resolve_path(path)} has no stage {stage} (has {sorted(state['stages'])})")
-    stage_config = state["config"]["stages"][key]
-    net = build_network(stage_config["network"])
-    net.load_state_dict(state["stages"][key]["ema" if ema else "net"])
-    return net.eval().requires_grad_(False).to(device), stage_config
+    where = f"{resolve_path(path)} stage {stage}"
+    try:
+        stage_config = state["config"]["stages"][key]
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"{where}: the checkpoint's config has no stage {stage}") from exc
+    check_stage_config(stage_config, where)
+    net = build_checked(stage_config["network"], state["stages"][key]["ema" if ema else "net"], where, device)
+    return net.eval().requires_grad_(False), stage_config

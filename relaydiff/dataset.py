@@ -16,6 +16,7 @@ import io
 import json
 import os
 import zipfile
+import zlib
 
 import numpy as np
 import PIL.Image
@@ -72,12 +73,30 @@ def _decode(data: bytes | str, name: str) -> PIL.Image.Image:
     return img
 
 
+# Class labels index a one-hot of label_dim = max label + 1 entries: bound them (as checkpoint.py
+# bounds a loaded config's label_dim) so a typo cannot ask for terabytes.
+MAX_LABEL = 999_999
+
+
 def _labels_from_json(text: str, name: str) -> dict:
+    """{file name: label} from dataset.json's {"labels": [[file name, int label], ...]} (or null)."""
     try:
         labels = json.loads(text).get("labels")
     except (json.JSONDecodeError, AttributeError) as exc:
         raise ValueError(f"{name}: not a valid dataset.json ({exc})") from exc
-    return {} if labels is None else {fname.replace("\\", "/"): int(lab) for fname, lab in labels}
+    if labels is None:
+        return {}
+    if not isinstance(labels, list):
+        raise ValueError(f"{name}: \"labels\" must be a list of [file name, label] pairs, got {labels!r}")
+    table = {}
+    for entry in labels:
+        if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)):
+            raise ValueError(f"{name}: each label must be a [file name, label] pair, got {entry!r}")
+        fname, lab = entry
+        if isinstance(lab, bool) or not isinstance(lab, int) or not 0 <= lab <= MAX_LABEL:
+            raise ValueError(f"{name}: the label of {fname} must be an int in [0, {MAX_LABEL}], got {lab!r}")
+        table[fname.replace("\\", "/")] = lab
+    return table
 
 
 def builtin_dataset(resolution: int, num_images: int = 512, seed: int = 0,
@@ -121,6 +140,13 @@ def folder_dataset(path: str, resolution: int) -> ImageDataset:
     return ImageDataset(np.stack(images), _label_array(files, table, path), os.path.basename(path))
 
 
+def _read_member(zf: zipfile.ZipFile, member: str, path: str) -> bytes:
+    try:
+        return zf.read(member)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as exc:  # bad CRC, truncated, ...
+        raise ValueError(f"--data {path}: cannot read {member} ({exc})") from exc
+
+
 def zip_dataset(path: str, resolution: int) -> ImageDataset:
     try:
         zf = zipfile.ZipFile(path)
@@ -132,8 +158,8 @@ def zip_dataset(path: str, resolution: int) -> ImageDataset:
             raise ValueError(f"--data {path}: no images ({', '.join(IMAGE_EXTS)}) in the zip")
         table = {}
         if "dataset.json" in zf.namelist():
-            table = _labels_from_json(zf.read("dataset.json").decode(), f"{path}:dataset.json")
-        images = [_to_array(_decode(zf.read(f), f"{path}:{f}"), resolution) for f in files]
+            table = _labels_from_json(_read_member(zf, "dataset.json", path).decode(), f"{path}:dataset.json")
+        images = [_to_array(_decode(_read_member(zf, f, path), f"{path}:{f}"), resolution) for f in files]
     return ImageDataset(np.stack(images), _label_array(files, table, path), os.path.basename(path))
 
 

@@ -23,6 +23,7 @@ import numpy as np
 import PIL.Image
 import torch
 
+from . import cli_args as cli
 from . import metrics
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -118,7 +119,7 @@ def compare(
 
 def parse_args(argv=None):
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m relaydiff.eval", description=__doc__.split("\n")[0], formatter_class=fmt
     )
     sub = p.add_subparsers(dest="command", required=True)
@@ -132,11 +133,11 @@ def parse_args(argv=None):
     c.add_argument("--sfid-detector", default=None,
                    help="local TorchScript file giving Inception's spatial mixed_6/conv map (for sfid)")
     c.add_argument(
-        "--resolution", type=int, default=None, help="resize both sets to this (default: gen's size)"
+        "--resolution", type=cli.positive_int, default=None, help="resize both sets to this (default: gen's size)"
     )
-    c.add_argument("--max-images", type=int, default=None, help="use at most this many images per set")
-    c.add_argument("--batch", type=int, default=64, help="Inception batch size")
-    c.add_argument("--kid-subsets", type=int, default=100, help="KID subsets")
+    c.add_argument("--max-images", type=cli.positive_int, default=None, help="use at most this many images per set")
+    c.add_argument("--batch", type=cli.positive_int, default=64, help="Inception batch size")
+    c.add_argument("--kid-subsets", type=cli.positive_int, default=100, help="KID subsets")
     c.add_argument("--device", default="cpu", help="torch device for Inception")
     c.add_argument("--json", default=None, help="also write the results to this JSON file")
     c.add_argument("--psd-plot", default=None, help="also plot both sets' RAPSD (log10 power) to this PNG")
@@ -144,9 +145,11 @@ def parse_args(argv=None):
         "snr", help="SNR versus frequency at several resolutions (RDM Figure 2)", formatter_class=fmt
     )
     s.add_argument("--images", required=True, help="folder or zip of (high-resolution) images")
-    s.add_argument("--resolutions", default="64,256", help="comma list of resolutions")
-    s.add_argument("--sigma", type=float, default=0.5, help="noise std on the [-1, 1] image scale")
-    s.add_argument("--max-images", type=int, default=256, help="use at most this many images")
+    s.add_argument("--resolutions", type=cli.number_list(int, 1, 8192), default="64,256",
+                   help="comma list of resolutions")
+    s.add_argument("--sigma", type=cli.nonnegative_float, default=0.5, help="noise std on the [-1, 1] image scale")
+    s.add_argument("--max-images", type=cli.positive_int, default=256,
+                   help="use at most this many images")
     s.add_argument("--out", default="snr.png", help="PNG to write")
     return p.parse_args(argv)
 
@@ -176,7 +179,7 @@ def main(argv=None) -> int:
                 with open(args.json, "w") as f:
                     json.dump(res, f, indent=2)
         else:
-            resolutions = [int(r) for r in args.resolutions.split(",")]
+            resolutions = args.resolutions
             images = to_float(load_images(args.images, max(resolutions), args.max_images))
             curves = metrics.snr_curves(images, resolutions, args.sigma)
             metrics.plot_snr(curves, args.out, f"SNR at sigma={args.sigma}")

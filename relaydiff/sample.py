@@ -24,6 +24,7 @@ import PIL.Image
 import torch
 import tqdm
 
+from . import cli_args as cli
 from . import distributed as dist_util
 from . import sampling
 
@@ -42,15 +43,8 @@ def parse_int_list(text: str) -> list[int]:
     return out
 
 
-def parse_float_list(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",")]
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"bad number list {text!r}") from exc
-
-
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(
+    p = cli.Parser(
         prog="python -m relaydiff.sample",
         description=__doc__.split("\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
@@ -65,39 +59,40 @@ def parse_args(argv=None):
     p.add_argument("--low-res", default=None, help="folder of low-res SEED.png images for --stages second")
     p.add_argument(
         "--steps",
-        type=parse_float_list,
+        type=cli.number_list(int, 1, 100_000),
         default=None,
         help="Karras steps: one number for every stage, or one per stage (stage 1 first); "
         "default 18 for stage 1 and 40 for each relay stage",
     )
     p.add_argument(
         "--cfg",
-        type=parse_float_list,
+        type=cli.number_list(float),
         default=[1.0],
         help="classifier-free guidance scale: one for every stage, or one per stage",
     )
     p.add_argument(
         "--class",
         dest="class_idx",
-        type=int,
+        type=cli.nonnegative_int,
         default=None,
         help="class label for every image (default: a class drawn from each image's seed)",
     )
     p.add_argument(
         "--seeds", type=parse_int_list, default=parse_int_list("0-63"), help="e.g. 0-63 or 1,5,9-12"
     )
-    p.add_argument("--batch", type=int, default=16, help="images per batch (per rank)")
+    p.add_argument("--batch", type=cli.positive_int, default=16, help="images per batch (per rank)")
     p.add_argument("--outdir", required=True, help="where to write the PNGs")
     p.add_argument(
         "--device", default="cpu", help="torch device (cuda: each torchrun rank takes its LOCAL_RANK)"
     )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
-    p.add_argument("--s-noise", type=float, default=0.2, help="relay stochasticity s_noise")
+    p.add_argument("--s-noise", type=cli.probability, default=0.2, help="relay stochasticity s_noise")
     p.add_argument(
-        "--s-block", type=float, default=None, help="relay block-noise scale (default: the training one)"
+        "--s-block", type=cli.in_range(float), default=None, help="relay block-noise scale (default: the training one)"
     )
-    p.add_argument("--truncation-sigma", type=float, default=0.9, help="relay schedule keeps t_i below this")
-    p.add_argument("--grid-cols", type=int, default=None, help="grid columns (default: about sqrt(n))")
+    p.add_argument("--truncation-sigma", type=cli.positive_float, default=0.9,
+                   help="relay schedule keeps t_i below this")
+    p.add_argument("--grid-cols", type=cli.positive_int, default=None, help="grid columns (default: about sqrt(n))")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     return p.parse_args(argv)
 
@@ -293,9 +288,6 @@ def main(argv=None) -> int:
             file=sys.stderr,
         )
         return 2
-    if args.batch < 1:
-        print("error: --batch must be positive", file=sys.stderr)
-        return 2
     try:
         dist_util.resolve_device(args.device)
     except ValueError as exc:
@@ -303,7 +295,7 @@ def main(argv=None) -> int:
         return 2
     try:
         generate(args)
-    except (FileNotFoundError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError) as exc:  # OSError: missing files, a full disk, a read-only --outdir
         print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0

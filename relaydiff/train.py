@@ -24,6 +24,7 @@ import sys
 import torch
 
 from . import checkpoint as ckpt
+from . import cli_args as cli
 from .training_loop import DEFAULTS, _ints, training_loop
 
 # Options a resumed run may change: they do not touch the training math (device: the same math on
@@ -70,10 +71,27 @@ HELP = dict(
 )
 
 
+# Allowed values of the numeric options (the rest take their type from DEFAULTS). The seed bound keeps
+# dataset.global_indices' seed * 1_000_003 + epoch inside torch.manual_seed's 64-bit range.
+TYPES = dict(
+    resolution=cli.in_range(int, 1, 4096), k=cli.in_range(int, 1, 64), steps=cli.positive_int,
+    batch=cli.positive_int, lr=cli.positive_float, lr_rampup=cli.nonnegative_int,
+    grad_clip=cli.nonnegative_float, ema_halflife_kimg=cli.positive_float, ema_rampup=cli.nonnegative_float,
+    seed=cli.in_range(int, 0, 2**40), label_dropout=cli.probability, channels=cli.in_range(int, 1, 8192),
+    channel_mult1=cli.number_list(int, 1, 64, keep_text=True),
+    channel_mult2=cli.number_list(int, 1, 64, keep_text=True),
+    attn_res=cli.number_list(int, 1, 4096, keep_text=True), num_blocks=cli.in_range(int, 1, 64),
+    dropout=cli.probability, blur_sigma_max=cli.nonnegative_float, block_scale=cli.in_range(float),
+    prob_length=cli.in_range(float, 0.0, 1.0, low_open=True), log_every=cli.nonnegative_int,
+    snap_every=cli.nonnegative_int, grid_every=cli.nonnegative_int, preview_steps=cli.positive_int,
+    threads=cli.nonnegative_int,
+)
+
+
 def parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The CLI; with suppress_defaults only the options on the command line land in the namespace."""
-    p = argparse.ArgumentParser(prog="python -m relaydiff.train", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = cli.Parser(prog="python -m relaydiff.train", description=__doc__.splitlines()[0],
+                   formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for name, value in DEFAULTS.items():
         flag = "--" + name.replace("_", "-")
         default = argparse.SUPPRESS if suppress_defaults else value
@@ -86,7 +104,7 @@ def parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
         elif name == "embedding":
             p.add_argument(flag, choices=["positional", "fourier"], default=default, help=HELP[name])
         else:
-            p.add_argument(flag, type=type(value), default=default, help=HELP[name])
+            p.add_argument(flag, type=TYPES.get(name, type(value)), default=default, help=HELP[name])
     return p
 
 
@@ -140,7 +158,7 @@ def main(argv=None) -> int:
         if args.resume:
             opts = resume_options(opts, explicit_options(argv))
         result = training_loop(**opts)
-    except (FileNotFoundError, FileExistsError, ValueError) as exc:
+    except (OSError, ValueError) as exc:  # bad data or files, a full disk, an unwritable --outdir
         print(f"relaydiff.train: error: {exc}", file=sys.stderr)
         return 2
     finally:

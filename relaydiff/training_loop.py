@@ -17,6 +17,7 @@ import copy
 import importlib.util
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -229,6 +230,35 @@ def _truncate_metrics(path, step):
     ckpt._atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
 
+# The files a run writes (checkpoint.py's layout), and the temporaries _atomic_write makes for them:
+# "." + name + "." + mkstemp's 8 random characters + ".tmp". A kill -9 mid-write leaves one behind.
+_RUN_FILES = re.compile(r"(checkpoint\.pt|config\.json|metrics\.jsonl|grid(-\d{6,})?\.png)")
+_TEMPORARY = re.compile(r"\." + _RUN_FILES.pattern + r"\.[a-z0-9_]{8}\.tmp")
+
+
+def _remove_stale_temporaries(run_dir) -> list[str]:
+    """Delete the temporaries a killed run left in run_dir (ours only, by their exact naming
+    pattern); only one process trains in a run directory, so none of them is being written."""
+    removed = []
+    for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+        if _TEMPORARY.fullmatch(name) and os.path.isfile(os.path.join(run_dir, name)):
+            os.unlink(os.path.join(run_dir, name))
+            removed.append(name)
+    return removed
+
+
+def _remove_previous_run(run_dir) -> list[str]:
+    """A fresh start (no checkpoint) in a folder where a run was killed before its first checkpoint:
+    that run's metrics.jsonl and grids would otherwise mix with this one's (records appended to the
+    old ones). Nothing there can be resumed, so the new run replaces them."""
+    removed = []
+    for name in sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []:
+        if name != ckpt.CONFIG_NAME and _RUN_FILES.fullmatch(name):
+            os.unlink(os.path.join(run_dir, name))
+            removed.append(name)
+    return removed
+
+
 def _every(step, interval):
     """step is a multiple of a positive interval; an interval of 0 means never."""
     return interval > 0 and step % interval == 0
@@ -320,6 +350,13 @@ def training_loop(**overrides) -> dict:
             _save_grid(os.path.join(run_dir, "grid.png"), rows, opts["resolution"])
 
     if rank == 0:
+        stale = _remove_stale_temporaries(run_dir)
+        if stale:
+            dist_util.print0(f"{run_dir}: removed {len(stale)} temporary file(s) left by a killed run")
+        old = [] if opts["resume"] else _remove_previous_run(run_dir)
+        if old:
+            dist_util.print0(f"{run_dir}: no checkpoint there, so starting anew: removed the previous run's "
+                             f"{', '.join(old)}")
         os.makedirs(run_dir, exist_ok=True)
         ckpt.save_json(os.path.join(run_dir, ckpt.CONFIG_NAME), config)
         n_params = {s: sum(p.numel() for p in n.parameters()) for s, n in nets.items()}
@@ -375,8 +412,7 @@ def training_loop(**overrides) -> dict:
             if rank == 0 and (_every(step, opts["log_every"]) or step == steps):
                 rec = {"step": step, "kimg": step * opts["batch"] / 1000, "lr": lr, "img_per_s": img_rate,
                        **{f"loss{s}": v for s, v in zip(stages, vals, strict=True)}}
-                with open(metrics_path, "a") as f:
-                    f.write(json.dumps(rec) + "\n")
+                ckpt.append_line(metrics_path, json.dumps(rec))
             stopping = dist_util.any_flag(stop.signum is not None, device)
             if stopping or _every(step, opts["snap_every"]) or step == steps:
                 save(step)

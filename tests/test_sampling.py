@@ -575,3 +575,51 @@ def test_sample_cli_bad_device_is_a_one_line_error(tmp_path, capsys, monkeypatch
     for name in ("cuda", "cuda:1"):
         rc, err = _cli(capsys, *args, name)
         assert rc == 2 and f"--device {name}: CUDA is not available" in err and err.count("\n") == 1, err
+
+
+def _rewrite_config(run, stage, **kwargs):
+    """Change stage's network kwargs in a saved run's checkpoint (the tensors stay as they are)."""
+    import json
+
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    config = json.loads(state["config"])
+    config["stages"][stage]["network"]["kwargs"].update(kwargs)
+    state["config"] = json.dumps(config)
+    torch.save(state, run / "checkpoint.pt")
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("model_channels", 9, r"network\.kwargs\.model_channels does not match the saved weights: "
+                          r"model\.conv_in\.weight is \[8, 3, 3, 3\] in the checkpoint but \[9, 3, 3, 3\]"),
+    ("label_dim", 5, "label_dim"),
+    ("num_blocks", 2, "missing"),
+    ("model_channels", 10**9, r"network\.kwargs\.model_channels must be an int in \[1, 8192\]"),
+    ("channel_mult", [1] * 100, "channel_mult"),
+    ("model_channels", "8", "model_channels must be an int"),
+    ("nonsense", 1, "config field network: "),
+])
+def test_sample_cli_config_not_matching_weights(tmp_path, capsys, field, value, message):
+    run = tmp_path / "run"
+    _write_tiny_run(run)
+    _rewrite_config(run, "2", **{field: value})
+    rc, err = _cli(capsys, "--run", run, "--seeds", "0", "--outdir", tmp_path / "out", "--no-progress")
+    assert rc == 1 and err.count("\n") == 1, err
+    assert "stage 2: " in err and __import__("re").search(message, err), err
+    assert not (tmp_path / "out" / "000000.png").exists()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="uses RLIMIT_AS to bound the child's memory")
+def test_sample_cli_huge_config_fails_before_allocating(tmp_path):
+    """model_channels=8000 (under the sane limit) on a tiny checkpoint (tens of GB if built): refused from the meta
+    build's shapes, in a child limited to 8 GB of address space (so a regression cannot exhaust
+    the machine)."""
+    run = tmp_path / "run"
+    _write_tiny_run(run)
+    _rewrite_config(run, "1", model_channels=8000)
+    code = ("import resource, sys; resource.setrlimit(resource.RLIMIT_AS, (8 << 30, 8 << 30)); "
+            "from relaydiff import sample; sys.exit(sample.main(sys.argv[1:]))")
+    done = subprocess.run([sys.executable, "-c", code, "--run", str(run), "--seeds", "0", "--outdir",
+                           str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "stage 1: config field network.kwargs.model_channels does not match" in done.stderr, done.stderr
+    assert done.stderr.count("\n") == 1, done.stderr

@@ -284,3 +284,62 @@ def test_fallback_preview_sampler():
                                       {**DEFAULTS, "preview_steps": 4}, relay_kw)
     assert low.shape == (3, 3, 2, 2) and high.shape == (3, 3, 8, 8)
     assert torch.isfinite(high).all()
+
+
+def _leave_temporaries(run_dir):
+    """What kill -9 during _atomic_write leaves (0 B and partial), next to files that are not ours."""
+    ours = [".checkpoint.pt.a1b2c3d4.tmp", ".checkpoint.pt.zz_9y8x7.tmp", ".metrics.jsonl.abcdefgh.tmp",
+            ".grid-000004.png.k2j3h4g5.tmp"]
+    for i, name in enumerate(ours):
+        (run_dir / name).write_bytes(b"PK\x03\x04partial" * i)
+    foreign = [".checkpoint.pt.a1b2c3d4.tmp.keep", "notes.tmp", ".other.pt.a1b2c3d4.tmp", "checkpoint.pt.bak"]
+    for name in foreign:
+        (run_dir / name).write_bytes(b"mine")
+    return ours, foreign
+
+
+def _tiny_cli(outdir, steps, *extra):
+    return [sys.executable, "-m", "relaydiff.train", "--outdir", str(outdir), "--steps", str(steps),
+            "--resolution", "8", "--batch", "4", "--channels", "8", "--channel-mult1", "1", "--channel-mult2",
+            "1,2", "--log-every", "1", "--grid-every", "0", "--preview-steps", "2", "--progress", "false",
+            *extra]
+
+
+@pytest.mark.slow
+def test_sigkill_before_first_checkpoint_then_fresh_start(tmp_path):
+    """kill -9 before any checkpoint, then the same command again: the new run starts anew (its
+    metrics are its own, not appended to the killed run's) and our stale temporaries are removed."""
+    outdir = tmp_path / "killed"
+    proc = subprocess.Popen(_tiny_cli(outdir, 100000, "--snap-every", "0"), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and len(_metrics_lines(outdir)) < 3:
+        time.sleep(0.1)
+    proc.kill()
+    proc.wait(timeout=60)
+    assert len(_metrics_lines(outdir)) >= 3 and not (outdir / "checkpoint.pt").exists()
+    ours, foreign = _leave_temporaries(outdir)
+    out = _run(tmp_path, "killed", steps=2, resolution=8, batch=4, channels=8, channel_mult1="1",
+               channel_mult2="1,2", preview_steps=2, grid_every=0)
+    assert out["step"] == 2
+    assert [m["step"] for m in _metrics(outdir)] == [1, 2]
+    names = set(os.listdir(outdir))
+    assert not names & set(ours) and set(foreign) <= names
+    assert not [n for n in names if n.endswith(".tmp") and n not in foreign]
+
+
+def test_resume_removes_stale_temporaries(tmp_path):
+    _run(tmp_path, "r", steps=2)
+    ours, foreign = _leave_temporaries(tmp_path / "r")
+    out = _run(tmp_path, "r", steps=3, resume=True)
+    assert out["step"] == 3
+    names = set(os.listdir(tmp_path / "r"))
+    assert not names & set(ours) and set(foreign) <= names and "checkpoint.pt" in names
+
+
+def _metrics_lines(run_dir):
+    try:
+        with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+            return [ln for ln in f if ln.endswith("\n")]
+    except FileNotFoundError:
+        return []
