@@ -236,12 +236,16 @@ def sample_relay(
         raise ValueError(f"{x_low.shape[-1]}px input x up_scale {up_scale} is not the net's resolution {res}")
     seeds = as_seeds(seeds, batch, device)
 
-    # Schedule on the host once, then one copy: row i is t_i for every image ([B], contiguous).
+    # Schedule on the host once.
     t_host = get_sigmas_relay(num_steps, sigma_min, sigma_max, rho, truncation_sigma)
     n_listed = t_host.numel() - 1
     if n_listed < 1:
         raise ValueError(f"no Karras step of {num_steps} lies below truncation_sigma={truncation_sigma}")
-    t_dev = t_host[:, None].expand(-1, batch).to(device=device, dtype=dtype).contiguous()
+    # Row i is t_i for every image, filled on the device from host floats: a fill takes its value
+    # as a kernel argument, where a host-to-device copy would break CUDA-graph capture of the loop.
+    t_dev = torch.empty(n_listed + 1, batch, device=device, dtype=dtype)
+    for i, t in enumerate(t_host.tolist()):
+        t_dev[i].fill_(t)
     op_kw = dict(
         k=k,
         s_noise=s_noise,
