@@ -3,16 +3,20 @@
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install install-test train test test-gpu gpu-check cuda-torch-build cuda-check emu-asan triton-aot bench bench-pytest lint
+.PHONY: build-deps install install-test train test test-gpu gpu-check cuda-torch-build cuda-check emu-asan triton-aot bench bench-pytest lint
 
-install:
+# What the build itself needs (torch only when none is installed).
+build-deps:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
 	$(PYTHON) -m pip install setuptools wheel ninja numpy
+
+install: build-deps
 	$(PYTHON) -m pip install --no-build-isolation -e ".[train]"
 
 # The test install also builds the CUDA emulator (relay_kernels._cuda_emu, backend cuda_emu), so
-# the suite runs the CUDA kernels on the CPU; `make train` does not build it.
-install-test: install
+# the suite runs the CUDA kernels on the CPU; `make train` does not build it. One build: it does
+# not go through `install` first.
+install-test: build-deps
 	RELAY_KERNELS_CUDA_EMU=1 $(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev]"
 
 # The main job: trains both relay stages on the built-in dataset, ends with runs/relaydiff/grid.png.
