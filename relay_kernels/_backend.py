@@ -157,6 +157,10 @@ def unavailable_reason(name: str, device_type: str) -> str:
         if device_type != "cpu":
             return f"backend 'cpu' runs on CPU tensors, got {device_type} tensors"
         return "" if has_compiled_kernel("cpu") else (compiled_error() or "no CPU kernels registered")
+    if name == "cuda_emu":
+        if device_type != "cpu":
+            return f"backend 'cuda_emu' (the CUDA kernels emulated on the CPU) runs on CPU tensors, got {device_type}"
+        return cuda_emu_error() or ""
     if device_type == "cuda" and cuda_device_error():  # e.g. block_noise(device="cuda") on a machine without one
         return cuda_device_error()
     if name == "cuda":
@@ -166,10 +170,6 @@ def unavailable_reason(name: str, device_type: str) -> str:
         if not has_compiled_kernel("cuda"):
             return compiled_error() or "relay_kernels._C was built without CUDA kernels (CPU-only torch or no toolkit)"
         return ""
-    if name == "cuda_emu":
-        if device_type != "cpu":
-            return f"backend 'cuda_emu' (the CUDA kernels emulated on the CPU) runs on CPU tensors, got {device_type}"
-        return cuda_emu_error() or ""
     if name == "triton":
         if device_type == "cpu" and not triton_interpreted():
             return "backend 'triton' runs on GPU tensors (set TRITON_INTERPRET=1 to run it on the CPU)"

@@ -148,7 +148,7 @@ def test_cpu_generator_paths_agree(isa):
 # The noise guarantee of SPEC 4 as docs/KERNELS.md states it, measured with benchmarks/noise_ulp.py:
 # at most this many ulps from the ideal transform (Box-Muller on the same Philox words with each
 # float32 step correctly rounded), on every counter.
-MAX_ULP_FROM_IDEAL = {"reference": 3, "cpu": 3, "triton": 4}
+MAX_ULP_FROM_IDEAL = {"reference": 3, "cpu": 3, "triton": 4, "cuda_emu": 3}
 # Counters (key, counter) whose words hit Box-Muller's edge cases, found by scanning the words
 # (benchmarks/noise_ulp.py special_counters); the test checks that they still do.
 SPECIAL = {
