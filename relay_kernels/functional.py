@@ -201,38 +201,85 @@ def _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_s
     return k, tc, tn, s_noise
 
 
-def relay_step(x_cur, den, t_cur, t_next, k: int = 4, s_noise: float = 0.2, s_block: float = 0.15,
+def _precomputed(weights, x_cur, n_inputs: int, k: int, t_cur, t_next):
+    """(w, noise_scale) given as weights=, checked by shape, dtype and device only (no value read)."""
+    if t_cur is not None or t_next is not None:
+        raise ValueError("pass either t_cur and t_next or weights=, not both")
+    if not (isinstance(weights, (tuple, list)) and len(weights) == 2
+            and all(isinstance(t, torch.Tensor) for t in weights)):
+        raise TypeError(f"weights must be a pair (w [B, {n_inputs}, k, k], noise_scale [B]) of tensors")
+    w, scale = weights
+    b, wdt = x_cur.shape[0], _weight_dtype(x_cur)
+    if tuple(w.shape) != (b, n_inputs, k, k) or tuple(scale.shape) != (b,):
+        raise ValueError(f"weights must be (w [{b}, {n_inputs}, {k}, {k}], noise_scale [{b}]) for x_cur "
+                         f"{tuple(x_cur.shape)} and k={k}, got {tuple(w.shape)} and {tuple(scale.shape)}")
+    for t, name in ((w, "weights"), (scale, "noise_scale")):
+        if t.dtype != wdt:
+            raise TypeError(f"{name} must be {wdt} (the compute dtype of {x_cur.dtype} images), got {t.dtype}")
+        if t.device != x_cur.device:
+            raise ValueError(f"{name} is on {t.device} but x_cur is on {x_cur.device}")
+    return w.contiguous(), scale
+
+
+def _step_setup(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max, min_scale, weights,
+                correct):
+    """(k, w, noise_scale): from t_cur and t_next with the reference formulas, or precomputed."""
+    n_inputs = 4 if correct else 2
+    if weights is not None:
+        check.image(x_cur, "x_cur")
+        k = check.size_param(k, "k", x_cur)
+        check.image(x_cur, "x_cur", k)
+        check.real(s_block, "s_block")
+        w, scale = _precomputed(weights, x_cur, n_inputs, k, t_cur, t_next)
+        return k, w, scale
+    if t_cur is None or t_next is None:
+        raise ValueError("give t_cur and t_next (or precomputed weights=)")
+    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max,
+                                       min_scale, correct)
+    fn = reference.relay_correct_weights if correct else reference.relay_step_weights
+    w, scale = fn(tc, tn, k, s_noise, blur_sigma_max, prob_length, min_scale)
+    return k, w.contiguous(), scale
+
+
+def relay_step(x_cur, den, t_cur=None, t_next=None, k: int = 4, s_noise: float = 0.2, s_block: float = 0.15,
                blur_sigma_max: float = 3.0, prob_length: float = 0.93, min_scale: float = 1e-3, seed=None,
                offset: int = 0, *, noise=None, block_size: int | None = None, normalize: bool = False,
-               backend: str | None = None):
+               weights=None, backend: str | None = None):
     """Euler step of the relay sampler (SPEC 6, Algorithm 1), one fused pass.
 
     x_next = g x_cur + patch_idct((a_n - g a_c) patch_dct(den)) + s_noise t_next n.
+
+    weights: instead of t_cur and t_next (and s_noise, blur_sigma_max, prob_length, min_scale, which
+    it then supersedes), the pair (w [B, 2, k, k], noise_scale [B]) that
+    reference.relay_step_weights(t_cur, t_next, k, s_noise, blur_sigma_max, prob_length, min_scale)
+    returns, in the compute dtype of x_cur (float64 for float64, else float32) and on its device:
+    a sampler computes them for its whole schedule once, and each call then launches only the kernel.
     """
-    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max,
-                                       min_scale, False)
+    k, w, scale = _step_setup(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max, min_scale,
+                              weights, False)
     check.same_as(den, x_cur, "den", "x_cur")
     s = _block_size(block_size, k, x_cur)
     seeds, off, e, e_block = _noise_args(x_cur, seed, offset, noise, "x_cur")
-    weights, scale = reference.relay_step_weights(tc, tn, k, s_noise, blur_sigma_max, prob_length, min_scale)
     scale = _noise_scale(scale, s_block, normalize)
     return _launch(_kernels(x_cur, k, backend).relay_fused, (x_cur, den, e, e_block),
-                   [x_cur, den], weights.contiguous(), scale, float(s_block), s, seeds, off, e, e_block)
+                   [x_cur, den], w, scale, float(s_block), s, seeds, off, e, e_block)
 
 
-def relay_correct(x_cur, den, x_next, den_next, t_cur, t_next, k: int = 4, s_noise: float = 0.2,
+def relay_correct(x_cur, den, x_next, den_next, t_cur=None, t_next=None, k: int = 4, s_noise: float = 0.2,
                   s_block: float = 0.15, blur_sigma_max: float = 3.0, prob_length: float = 0.93,
                   min_scale: float = 1e-3, seed=None, offset: int = 0, *, noise=None,
-                  block_size: int | None = None, normalize: bool = False, backend: str | None = None):
-    """Heun correction of the relay sampler (SPEC 6) with fresh noise, one fused pass."""
-    k, tc, tn, s_noise = _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max,
-                                       min_scale, True)
+                  block_size: int | None = None, normalize: bool = False, weights=None, backend: str | None = None):
+    """Heun correction of the relay sampler (SPEC 6) with fresh noise, one fused pass.
+
+    weights: as in relay_step, the pair (w [B, 4, k, k], noise_scale [B]) of
+    reference.relay_correct_weights, in place of t_cur and t_next.
+    """
+    k, w, scale = _step_setup(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_sigma_max, min_scale,
+                              weights, True)
     for t, name in ((den, "den"), (x_next, "x_next"), (den_next, "den_next")):
         check.same_as(t, x_cur, name, "x_cur")
     s = _block_size(block_size, k, x_cur)
     seeds, off, e, e_block = _noise_args(x_cur, seed, offset, noise, "x_cur")
-    weights, scale = reference.relay_correct_weights(tc, tn, k, s_noise, blur_sigma_max, prob_length, min_scale)
     scale = _noise_scale(scale, s_block, normalize)
     return _launch(_kernels(x_cur, k, backend).relay_fused, (x_cur, den, x_next, den_next, e, e_block),
-                   [x_cur, den, x_next, den_next], weights.contiguous(), scale, float(s_block), s, seeds, off, e,
-                   e_block)
+                   [x_cur, den, x_next, den_next], w, scale, float(s_block), s, seeds, off, e, e_block)

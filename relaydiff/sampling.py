@@ -1,13 +1,24 @@
-"""Samplers for Relay Diffusion: EDM Heun for the first stage, Algorithm 1 for the relay stages.
+"""Samplers for Relay Diffusion: EDM's stochastic Heun sampler for the first stage, Algorithm 1 for
+the relay stages, in crowsonkb/k-diffusion's conventions (`k_diffusion/sampling.py`).
 
-Written after NVlabs/edm `generate.py` and crowsonkb/k-diffusion `sampling.py`: one signature per
-sampler (`sample_x(net, x, *, ..., callback=None, disable=None)`), schedules as small functions,
-per-image seeds so a sample depends only on its seed, never on the batch it shares or the rank that
-drew it. Every schedule is computed on the host once, before the loop, and moved to the device in a
-single copy, so the loop makes no host syncs (no `.item()`, no comparisons of device scalars).
+Conventions (one API: `sample_cascade`, the CLI and the training previews build on these):
 
-Noise streams: stage `s` of a cascade draws all of its noise from the per-image Philox streams of
-SPEC 4 starting at counter `s * STAGE_STRIDE`, so stages never share counters.
+* `sample_x(model, x, sigmas, extra_args=None, callback=None, disable=None, *, ...)`.
+* `model(x, sigma, **extra_args)` is a denoiser in EDM's convention (NVlabs/edm `EDMPrecond`):
+  it returns the denoised image; sigma is a `[B]` tensor. Class labels go through
+  `extra_args={"class_labels": labels}`; classifier-free guidance through the `CFGDenoiser` wrapper.
+* `sigmas`: 1-D, t_0 > ... > t_{M-1} > 0 followed by 0, from the schedule functions below
+  (`get_sigmas_karras`, `get_sigmas_relay`); with `net=` they clamp to the net's sigma range and
+  round as EDM's sampler does.
+* `callback` receives a dict with k-diffusion's keys `x`, `i`, `sigma`, `sigma_hat`, `denoised`
+  (sigma and sigma_hat are 0-dim tensors, the step's noise level).
+* `noise_sampler(sigma, sigma_next)` returns a standard normal tensor shaped like the sampler's x:
+  through it a caller supplies every normal the sampler draws, in the order of the released
+  THUDM/RelayDiffusion `generate.py` (see each sampler). Without it the noise comes from the
+  device-independent per-image Philox streams of SPEC 4 (`seeds`, `offset`).
+
+Noise streams: stage `s` of a cascade draws all of its noise from the per-image Philox streams
+starting at counter `s * STAGE_STRIDE`, so stages never share counters.
 """
 
 from __future__ import annotations
@@ -27,16 +38,40 @@ STAGE_STRIDE = 1 << 40  # counter offset between cascade stages (counters are 64
 # Schedules (SPEC 6). The formulas live once, in relay_kernels.reference.
 
 
-def get_sigmas_karras(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0, device="cpu"):
-    """EDM Eq. 5 steps t_0 > ... > t_{N-1}, then 0 appended (float64)."""
-    t = reference.karras_sigmas(num_steps, sigma_min, sigma_max, rho, dtype=torch.float64)
+def net_sigma_range(net, sigma_min, sigma_max):
+    """(sigma_min, sigma_max) clamped to the net's supported range, as EDM's sampler does."""
+    if net is None:
+        return sigma_min, sigma_max
+    return max(sigma_min, getattr(net, "sigma_min", 0.0)), min(sigma_max, getattr(net, "sigma_max", math.inf))
+
+
+def round_sigmas(net, t: torch.Tensor) -> torch.Tensor:
+    """net.round_sigma(t) when the net has it (EDM's VP/VE nets round to their discrete steps)."""
+    fn = getattr(net, "round_sigma", None) if net is not None else None
+    return t if fn is None else torch.as_tensor(fn(t), dtype=t.dtype)
+
+
+def get_sigmas_karras(num_steps, sigma_min=0.002, sigma_max=80.0, rho=7.0, device="cpu", *, net=None):
+    """EDM Eq. 5 steps t_0 > ... > t_{N-1}, then 0 appended (float64); with net, clamped and rounded."""
+    sigma_min, sigma_max = net_sigma_range(net, sigma_min, sigma_max)
+    t = round_sigmas(net, reference.karras_sigmas(num_steps, sigma_min, sigma_max, rho, dtype=torch.float64))
     return torch.cat([t, t.new_zeros(1)]).to(device)
 
 
-def get_sigmas_relay(num_steps, sigma_min=0.008, sigma_max=80.0, rho=7.0, truncation_sigma=0.9, device="cpu"):
-    """Karras steps below truncation_sigma, then 0 appended (SPEC 6), float64."""
+def get_sigmas_relay(num_steps, sigma_min=0.008, sigma_max=80.0, rho=7.0, truncation_sigma=0.9, device="cpu", *,
+                     net=None):
+    """Karras steps below truncation_sigma, then 0 appended (SPEC 6), float64. With net, sigma_min and
+    sigma_max are clamped to its range and the kept steps rounded, in the released blur_sampler's order."""
+    sigma_min, sigma_max = net_sigma_range(net, sigma_min, sigma_max)
     t = reference.relay_sigmas(num_steps, sigma_min, sigma_max, rho, truncation_sigma, dtype=torch.float64)
-    return t.to(device)
+    if t.numel() < 2:
+        raise ValueError(f"no Karras step of {num_steps} lies below truncation_sigma={truncation_sigma}")
+    return torch.cat([round_sigmas(net, t[:-1]), t[-1:]]).to(device)
+
+
+def relay_nfe(num_steps, sigma_min=0.008, sigma_max=80.0, rho=7.0, truncation_sigma=0.9) -> int:
+    """Network evaluations of sample_relay: 2 M - 1 for M listed steps."""
+    return 2 * (get_sigmas_relay(num_steps, sigma_min, sigma_max, rho, truncation_sigma).numel() - 1) - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +105,12 @@ def relay_noise(seeds, shape, block_size, s_block, offset=0, device="cpu", dtype
     return (e + s_block * e_block).to(dtype)
 
 
+def randn_like_sampler(randn_like, like: torch.Tensor):
+    """A noise_sampler that calls randn_like(like) for every normal, as the released generate.py
+    passes `randn_like=rnd.randn_like` (a StackedRandomGenerator: one torch.Generator per seed)."""
+    return lambda sigma, sigma_next: randn_like(like)
+
+
 def one_hot_labels(net, class_labels):
     """Integer class indices -> one-hot rows of net.label_dim (float); one-hot input passes through."""
     if class_labels is None or class_labels.is_floating_point():
@@ -77,215 +118,28 @@ def one_hot_labels(net, class_labels):
     return F.one_hot(class_labels.long(), net.label_dim).to(torch.float32)
 
 
-def uncond_labels(class_labels: torch.Tensor) -> torch.Tensor:
-    """The unconditional label of EDM-style label dropout: the all-zero one-hot vector."""
-    return torch.zeros_like(class_labels)
-
-
-def denoise(net, x, sigma, class_labels=None, cfg_scale=1.0):
-    """net(x, sigma, labels); with guidance den = uncond + cfg_scale (cond - uncond), one batched call.
-
-    sigma is a [B] tensor. Conditional and unconditional halves go through the net together, so
-    guidance costs one network evaluation per step (at twice the batch).
+class CFGDenoiser:
+    """model(x, sigma, class_labels=None) with classifier-free guidance as in the released
+    THUDM/RelayDiffusion generate.py (both samplers): guided only when cfg_scale > 1,
+    den = uncond + cfg_scale (cond - uncond), the unconditional label being the all-zero one-hot
+    vector (EDM's label dropout). Both halves go through the net in one batched call and are combined
+    in x's dtype. Integer labels are turned into one-hot rows. Other attributes (sigma_min,
+    img_resolution, ...) pass through.
     """
-    class_labels = one_hot_labels(net, class_labels)
-    if class_labels is None or cfg_scale == 1.0:
-        return net(x, sigma, class_labels).to(x.dtype)
-    labels = torch.cat([class_labels, uncond_labels(class_labels)])
-    both = net(torch.cat([x, x]), torch.cat([sigma, sigma]), labels).to(x.dtype)
-    cond, uncond = both.chunk(2)
-    return uncond + cfg_scale * (cond - uncond)
 
+    def __init__(self, net, cfg_scale: float = 1.0):
+        self.net, self.cfg_scale = net, float(cfg_scale)
 
-def _progress(n, disable, desc):
-    return tqdm_auto.trange(n, disable=disable, desc=desc, leave=False)
+    def __call__(self, x, sigma, class_labels=None):
+        labels = one_hot_labels(self.net, class_labels)
+        if labels is None or not self.cfg_scale > 1:
+            return self.net(x, sigma, labels)
+        both = self.net(torch.cat([x, x]), torch.cat([sigma, sigma]), torch.cat([labels, torch.zeros_like(labels)]))
+        cond, uncond = both.to(x.dtype).chunk(2)  # combined in x's dtype (float64 in EDM's stage 1)
+        return uncond + self.cfg_scale * (cond - uncond)
 
-
-# --------------------------------------------------------------------------------------------
-# Stage 1: EDM Heun sampler (EDM Algorithm 2).
-
-
-@torch.no_grad()
-def sample_edm(
-    net,
-    latents,
-    *,
-    num_steps=18,
-    sigma_min=0.002,
-    sigma_max=80.0,
-    rho=7.0,
-    S_churn=0.0,
-    S_min=0.0,
-    S_max=float("inf"),
-    S_noise=1.0,
-    seeds=None,
-    offset=0,
-    class_labels=None,
-    cfg_scale=1.0,
-    callback=None,
-    disable=None,
-):
-    """EDM's stochastic Heun sampler; latents are standard normal (scaled by t_0 here).
-
-    Churn noise comes from the per-image streams `seeds` (counters from offset + N on, the latents
-    being counters offset .. offset + N - 1 when drawn with latents_from_seeds), or from
-    torch.randn_like when seeds is None. Returns the sample in the latents' dtype.
-    """
-    sigma_min = max(sigma_min, getattr(net, "sigma_min", 0.0))
-    sigma_max = min(sigma_max, getattr(net, "sigma_max", float("inf")))
-    round_sigma = getattr(net, "round_sigma", lambda t: t)
-    batch, device = latents.shape[0], latents.device
-    n_elem = math.prod(latents.shape[1:])
-    if seeds is not None:
-        seeds = as_seeds(seeds, batch, device)
-
-    # Time steps and churn on the host, once (EDM Eq. 5 and Algorithm 2 lines 4-5).
-    t_steps = torch.cat(
-        [
-            round_sigma(reference.karras_sigmas(num_steps, sigma_min, sigma_max, rho)),
-            torch.zeros(1, dtype=torch.float64),
-        ]
-    )
-    gamma = [
-        min(S_churn / num_steps, math.sqrt(2) - 1) if S_min <= t <= S_max else 0.0
-        for t in t_steps[:-1].tolist()
-    ]
-    t_hat = round_sigma(t_steps[:-1] * (1 + torch.tensor(gamma, dtype=torch.float64)))
-    t_cur_l, t_hat_l, t_next_l = t_steps[:-1].tolist(), t_hat.tolist(), t_steps[1:].tolist()
-    # Per-step sigma rows for the net, moved to the device in one copy.
-    sig_dev = torch.stack([t_hat, t_steps[1:]], 1)[:, :, None].expand(-1, -1, batch).to(device)
-
-    x_next = latents.to(torch.float64) * t_steps[0].item()
-    for i in _progress(num_steps, disable, "edm"):
-        x_cur = x_next
-        # Increase noise temporarily (churn).
-        x_hat = x_cur
-        if gamma[i] > 0:
-            if seeds is None:
-                eps = torch.randn_like(x_cur)
-            else:
-                eps = rk.randn(tuple(x_cur.shape), seeds, offset + (i + 1) * n_elem).to(x_cur.dtype)
-            x_hat = x_cur + math.sqrt(t_hat_l[i] ** 2 - t_cur_l[i] ** 2) * S_noise * eps
-        # Euler step.
-        denoised = denoise(net, x_hat, sig_dev[i, 0], class_labels, cfg_scale)
-        d_cur = (x_hat - denoised) / t_hat_l[i]
-        x_next = x_hat + (t_next_l[i] - t_hat_l[i]) * d_cur
-        if callback is not None:
-            callback(dict(i=i, sigma=sig_dev[i, 0], sigma_hat=sig_dev[i, 0], x=x_cur, denoised=denoised))
-        # Second-order correction.
-        if i < num_steps - 1:
-            denoised = denoise(net, x_next, sig_dev[i, 1], class_labels, cfg_scale)
-            d_prime = (x_next - denoised) / t_next_l[i]
-            x_next = x_hat + (t_next_l[i] - t_hat_l[i]) * (0.5 * d_cur + 0.5 * d_prime)
-    return x_next.to(latents.dtype)
-
-
-# --------------------------------------------------------------------------------------------
-# Relay stages: Algorithm 1 of RDM (SPEC 6) on the fused ops.
-
-
-@torch.no_grad()
-def sample_relay(
-    net,
-    x_low,
-    *,
-    num_steps=40,
-    up_scale=None,
-    k=4,
-    s_noise=0.2,
-    s_block=0.15,
-    blur_sigma_max=3.0,
-    prob_length=0.93,
-    min_scale=1e-3,
-    truncation_sigma=0.9,
-    sigma_min=0.008,
-    sigma_max=80.0,
-    rho=7.0,
-    seeds=0,
-    offset=0,
-    class_labels=None,
-    cfg_scale=1.0,
-    callback=None,
-    disable=None,
-):
-    """Relay sampler: blurring diffusion from the nearest-upsampled low-res image.
-
-    x = upsample_nearest(x_low) + t_0 n, then Euler steps (rk.relay_step) with a Heun correction
-    (rk.relay_correct) on every step but the last; returns den at the last listed step. The output
-    resolution is net.img_resolution when the net has it (up_scale = ratio), else up_scale * the
-    input's; up_scale must be an integer >= 2. Noise for image b comes from its stream seeds[b]: the
-    start at counters [offset, offset + 2N), each op call the next 2N. Network evaluations: 2 M - 1
-    for M listed steps.
-    """
-    if x_low.dim() != 4:
-        raise ValueError(f"x_low must be a [B, C, H, W] batch, not shape {tuple(x_low.shape)}")
-    batch, device, dtype = x_low.shape[0], x_low.device, x_low.dtype
-    res = getattr(net, "img_resolution", None)
-    if up_scale is None:
-        if res is None:
-            raise ValueError("give up_scale, or a net with img_resolution")
-        if res % x_low.shape[-1]:
-            raise ValueError(f"net resolution {res} is not a multiple of the input's {x_low.shape[-1]}")
-        up_scale = res // x_low.shape[-1]
-    # The relay starts from an upsampled image: up_scale 1 (an input already at the net's
-    # resolution) or a fractional one is a caller's mistake, not something to run silently.
-    if isinstance(up_scale, bool) or not float(up_scale).is_integer() or up_scale < 2:
-        raise ValueError(f"up_scale must be an integer >= 2 (input {x_low.shape[-1]}px), got {up_scale}")
-    up_scale = int(up_scale)
-    if res is not None and x_low.shape[-1] * up_scale != res:
-        raise ValueError(f"{x_low.shape[-1]}px input x up_scale {up_scale} is not the net's resolution {res}")
-    seeds = as_seeds(seeds, batch, device)
-
-    # Schedule on the host once.
-    t_host = get_sigmas_relay(num_steps, sigma_min, sigma_max, rho, truncation_sigma)
-    n_listed = t_host.numel() - 1
-    if n_listed < 1:
-        raise ValueError(f"no Karras step of {num_steps} lies below truncation_sigma={truncation_sigma}")
-    # Row i is t_i for every image, filled on the device from host floats: a fill takes its value
-    # as a kernel argument, where a host-to-device copy would break CUDA-graph capture of the loop.
-    t_dev = torch.empty(n_listed + 1, batch, device=device, dtype=dtype)
-    for i, t in enumerate(t_host.tolist()):
-        t_dev[i].fill_(t)
-    op_kw = dict(
-        k=k,
-        s_noise=s_noise,
-        s_block=s_block,
-        blur_sigma_max=blur_sigma_max,
-        prob_length=prob_length,
-        min_scale=min_scale,
-        seed=seeds,
-    )
-
-    # Start (Algorithm 1 line 1): nearest upsampling plus block-noise mix at t_0.
-    x = F.interpolate(x_low, scale_factor=up_scale, mode="nearest")
-    chw = tuple(x.shape[1:])
-    two_n = 2 * math.prod(chw)
-    x = x + t_host[0].item() * relay_noise(seeds, chw, k, s_block, offset, device, dtype)
-    off = offset + two_n
-
-    den = x
-    for i in _progress(n_listed, disable, "relay"):
-        t_cur, t_next = t_dev[i], t_dev[i + 1]
-        den = denoise(net, x, t_cur, class_labels, cfg_scale)
-        if callback is not None:
-            callback(dict(i=i, sigma=t_cur, x=x, denoised=den))
-        if i == n_listed - 1:
-            break  # the last listed step returns den (t_next = 0)
-        # Euler step (Eq. 11), then Heun correction with fresh noise n''.
-        x_next = rk.relay_step(x, den, t_cur, t_next, offset=off, **op_kw)
-        den_next = denoise(net, x_next, t_next, class_labels, cfg_scale)
-        x = rk.relay_correct(x, den, x_next, den_next, t_cur, t_next, offset=off + two_n, **op_kw)
-        off += 2 * two_n
-    return den
-
-
-def relay_nfe(num_steps, sigma_min=0.008, sigma_max=80.0, rho=7.0, truncation_sigma=0.9) -> int:
-    """Network evaluations of sample_relay: 2 M - 1 for M listed steps."""
-    return 2 * (get_sigmas_relay(num_steps, sigma_min, sigma_max, rho, truncation_sigma).numel() - 1) - 1
-
-
-# --------------------------------------------------------------------------------------------
-# Cascades.
+    def __getattr__(self, name):
+        return getattr(self.__dict__["net"], name)
 
 
 class CountCalls:
@@ -300,6 +154,250 @@ class CountCalls:
 
     def __getattr__(self, name):
         return getattr(self.__dict__["net"], name)
+
+
+def _progress(n, disable, desc):
+    # A plain range under torch.compile: tqdm is Python-side state dynamo cannot trace.
+    if disable is True or torch.compiler.is_compiling():
+        return range(n)
+    return tqdm_auto.trange(n, disable=disable, desc=desc, leave=False)
+
+
+def _check_sigmas(sigmas, x: torch.Tensor) -> int:
+    """M (listed steps) of a k-diffusion sigmas tensor; values checked only when readable for free."""
+    if not isinstance(sigmas, torch.Tensor) or sigmas.dim() != 1 or not sigmas.is_floating_point():
+        raise TypeError("sigmas must be a 1-D floating tensor t_0 > ... > t_{M-1} > 0 followed by 0")
+    if sigmas.numel() < 2:
+        raise ValueError(f"sigmas must hold at least one step and the final 0, got {sigmas.numel()} values")
+    if x.dim() != 4:
+        raise ValueError(f"x must be a [B, C, H, W] batch, not shape {tuple(x.shape)}")
+    if sigmas.device.type == "cpu" and not torch.compiler.is_compiling():
+        t = sigmas.tolist()
+        if not all(math.isfinite(v) and v > 0 for v in t[:-1]) or not (math.isfinite(t[-1]) and t[-1] >= 0):
+            raise ValueError(f"sigmas must be finite, positive, then a final value >= 0, got {t}")
+    return sigmas.numel() - 1
+
+
+# --------------------------------------------------------------------------------------------
+# Stage 1: EDM's stochastic Heun sampler (EDM Algorithm 2; k-diffusion sample_heun).
+
+
+@torch.no_grad()
+def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *, s_churn=0.0, s_tmin=0.0,
+               s_tmax=float("inf"), s_noise=1.0, noise_sampler=None, seeds=0, offset=0):
+    """EDM's stochastic Heun sampler. x is the noise-scaled latent, as in k-diffusion
+    (x = latents * sigmas[0]); computed in float64 as EDM's generate.py does, returned in x's dtype.
+
+    Churn: gamma_i = min(s_churn / M, sqrt(2) - 1) where s_tmin <= t_i <= s_tmax, t_hat = t_i (1 + gamma_i)
+    (rounded by model.round_sigma when it has one), x_hat = x + sqrt(t_hat^2 - t_i^2) s_noise eps.
+    eps: noise_sampler(t_i, t_{i+1}), called at every step even where gamma_i = 0, as the released
+    edm_sampler calls randn_like (so a torch.Generator stream stays in step); by default image b's
+    Philox stream seeds[b] at counters offset + (i + 1) N (latents_from_seeds(seeds, ..., offset)
+    takes counters offset .. offset + N - 1), drawn only where gamma_i > 0.
+    Network evaluations: 2 M - 1 for M steps.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    n_steps = _check_sigmas(sigmas, x)
+    batch, device, out_dtype = x.shape[0], x.device, x.dtype
+    n_elem = math.prod(x.shape[1:])
+    if noise_sampler is None:
+        seeds = as_seeds(seeds, batch, device)
+    round_sigma = getattr(model, "round_sigma", None)
+    # Churn on the host, once (EDM Algorithm 2 lines 4-5).
+    t_host = sigmas.detach().to("cpu", torch.float64)
+    t_list = t_host.tolist()
+    gamma = [min(s_churn / n_steps, math.sqrt(2) - 1) if s_tmin <= t <= s_tmax else 0.0 for t in t_list[:-1]]
+    t_hat = t_host[:-1] * (1 + torch.tensor(gamma, dtype=torch.float64))
+    t_hat = t_hat if round_sigma is None else torch.as_tensor(round_sigma(t_hat), dtype=torch.float64)
+    t_hat_l = t_hat.tolist()
+    # Per-step sigma rows for the net, moved to the device in one copy.
+    sig_dev = torch.stack([t_hat, t_host[1:]], 1)[:, :, None].expand(-1, -1, batch).to(device)
+    sig_scalar = torch.stack([t_host[:-1], t_hat], 1).to(device)
+
+    x_next = x.to(torch.float64)
+    for i in _progress(n_steps, disable, "edm"):
+        x_cur = x_next
+        t_cur, t_next = t_list[i], t_list[i + 1]
+        # Increase noise temporarily (churn).
+        x_hat = x_cur
+        if noise_sampler is not None:
+            eps = noise_sampler(sigmas[i], sigmas[i + 1]).to(x_cur.dtype)
+            x_hat = x_cur + math.sqrt(t_hat_l[i] ** 2 - t_cur**2) * s_noise * eps
+        elif gamma[i] > 0:
+            eps = rk.randn(tuple(x_cur.shape), seeds, offset + (i + 1) * n_elem).to(x_cur.dtype)
+            x_hat = x_cur + math.sqrt(t_hat_l[i] ** 2 - t_cur**2) * s_noise * eps
+        # Euler step.
+        denoised = model(x_hat, sig_dev[i, 0], **extra_args).to(x_cur.dtype)
+        d_cur = (x_hat - denoised) / t_hat_l[i]
+        x_next = x_hat + (t_next - t_hat_l[i]) * d_cur
+        if callback is not None:
+            callback(dict(x=x_cur, i=i, sigma=sig_scalar[i, 0], sigma_hat=sig_scalar[i, 1], denoised=denoised))
+        # Second-order correction (none at the last step, t_next = 0).
+        if i < n_steps - 1:
+            denoised = model(x_next, sig_dev[i, 1], **extra_args).to(x_cur.dtype)
+            d_prime = (x_next - denoised) / t_next
+            x_next = x_hat + (t_next - t_hat_l[i]) * (0.5 * d_cur + 0.5 * d_prime)
+    return x_next.to(out_dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# Relay stages: Algorithm 1 of RDM (SPEC 6) on the fused ops.
+
+
+def relay_schedule_weights(t: torch.Tensor, batch: int, k=4, s_noise=0.2, blur_sigma_max=3.0, prob_length=0.93,
+                           min_scale=1e-3):
+    """Every fused-op weight of a relay sampling call, computed once: for the M - 1 steps with a
+    Heun correction (t = t_0 .. t_{M-1}, the listed steps; the last one is denoise only) returns
+    (step [M-1, B, 2, k, k], correct [M-1, B, 4, k, k], noise_scale [M-1, B]), so that
+    `rk.relay_step(..., weights=(step[i], noise_scale[i]))` and
+    `rk.relay_correct(..., weights=(correct[i], noise_scale[i]))` launch only the fused kernel.
+
+    The formulas are reference.relay_step_weights / relay_correct_weights, the same functions the
+    ops call per step when given t_cur and t_next; t is in the ops' compute dtype.
+    """
+    t_cur, t_next = t[:-1, None].expand(-1, batch).reshape(-1), t[1:, None].expand(-1, batch).reshape(-1)
+    args = (k, s_noise, blur_sigma_max, prob_length, min_scale)
+    step, scale = reference.relay_step_weights(t_cur, t_next, *args)
+    correct, _ = reference.relay_correct_weights(t_cur, t_next, *args)
+    n = t.numel() - 1
+    return step.reshape(n, batch, 2, k, k), correct.reshape(n, batch, 4, k, k), scale.reshape(n, batch)
+
+
+def _up_scale(model, x, up_scale) -> int:
+    res = getattr(model, "img_resolution", None)
+    if up_scale is None:
+        if res is None:
+            raise ValueError("give up_scale, or a model with img_resolution")
+        if res % x.shape[-1]:
+            raise ValueError(f"net resolution {res} is not a multiple of the input's {x.shape[-1]}")
+        up_scale = res // x.shape[-1]
+    # The relay starts from an upsampled image: up_scale 1 (an input already at the net's
+    # resolution) or a fractional one is a caller's mistake, not something to run silently.
+    if isinstance(up_scale, bool) or not float(up_scale).is_integer() or up_scale < 2:
+        raise ValueError(f"up_scale must be an integer >= 2 (input {x.shape[-1]}px), got {up_scale}")
+    up_scale = int(up_scale)
+    if res is not None and x.shape[-1] * up_scale != res:
+        raise ValueError(f"{x.shape[-1]}px input x up_scale {up_scale} is not the net's resolution {res}")
+    return up_scale
+
+
+def _relay_draw(noise_sampler, sigma, sigma_next, like, s_block):
+    """(e, e') from the caller's noise sampler in the released blur_sampler's order: e, then the
+    normals of block_noise (drawn only when there is block noise, as there)."""
+    e = noise_sampler(sigma, sigma_next).to(like.dtype)
+    e_block = noise_sampler(sigma, sigma_next).to(like.dtype) if s_block != 0 else torch.zeros_like(e)
+    return e, e_block
+
+
+@torch.no_grad()
+def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None, *, up_scale=None, k=4,
+                 s_noise=0.2, s_block=0.15, blur_sigma_max=3.0, prob_length=0.93, min_scale=1e-3, seeds=0, offset=0,
+                 noise_sampler=None):
+    """Relay sampler (RDM Algorithm 1): blurring diffusion from the nearest-upsampled low-res image.
+
+    x: the low-resolution images [B, C, h, w]; sigmas: t_0 > ... > t_{M-1} > 0 and a final 0
+    (get_sigmas_relay). The output resolution is model.img_resolution when the model has it
+    (up_scale = ratio), else up_scale * the input's; up_scale must be an integer >= 2. k is the DCT
+    patch size and block-noise size (the released code's `up_scale`, 4 for 64 -> 256).
+
+    x_0 = upsample_nearest(x) + t_0 n, then per listed step den = model(x_i, t_i); Euler steps
+    (rk.relay_step) with a Heun correction (rk.relay_correct) on every step but the last, which
+    returns den. n = e + s_block Block_k(e'). Network evaluations: 2 M - 1.
+
+    Noise: by default image b's Philox stream seeds[b]: the start at counters [offset, offset + 2N),
+    each op call the next 2N (N = C H W at the output resolution). With noise_sampler, each n takes
+    e = noise_sampler(t_i, t_{i+1}) and then (when s_block != 0) e' = noise_sampler(t_i, t_{i+1}),
+    shaped like the upsampled x: the order of the released blur_sampler's randn_like calls.
+
+    Every op weight is computed once per call (relay_schedule_weights), so each step launches the
+    network and the fused kernels only; nothing reads a device value, so the loop compiles with
+    torch.compile(fullgraph=True) and, with sigmas and seeds already on the GPU, captures in a CUDA
+    graph. Returns den at the last listed step, in x's dtype.
+    """
+    extra_args = {} if extra_args is None else extra_args
+    n_listed = _check_sigmas(sigmas, x)
+    batch, device, dtype = x.shape[0], x.device, x.dtype
+    up_scale = _up_scale(model, x, up_scale)
+    if noise_sampler is None:
+        seeds = as_seeds(seeds, batch, device)
+
+    # The schedule in x's dtype (the net's sigma rows) and in the ops' compute dtype, once.
+    t_x = sigmas.to(device=device, dtype=dtype)
+    t_rows = t_x[:, None].expand(-1, batch)
+    if n_listed > 1:
+        step_w, correct_w, scale = relay_schedule_weights(
+            t_x[:-1].to(reference.compute_dtype(dtype)), batch, k, s_noise, blur_sigma_max, prob_length, min_scale)
+    op_kw = dict(k=k, s_block=s_block)
+
+    # Start (Algorithm 1 line 1): nearest upsampling plus block-noise mix at t_0.
+    x = F.interpolate(x, scale_factor=up_scale, mode="nearest")
+    chw = tuple(x.shape[1:])
+    two_n = 2 * math.prod(chw)
+    if noise_sampler is None:
+        n = relay_noise(seeds, chw, k, s_block, offset, device, dtype)
+    else:
+        e, e_block = _relay_draw(noise_sampler, sigmas[0], sigmas[1], x, s_block)
+        n = e + s_block * rk.block_filter(e_block, k)
+    x = x + t_x[0] * n
+    off = offset + two_n
+
+    den = x
+    for i in _progress(n_listed, disable, "relay"):
+        den = model(x, t_rows[i], **extra_args).to(dtype)
+        if callback is not None:
+            callback(dict(x=x, i=i, sigma=t_x[i], sigma_hat=t_x[i], denoised=den))
+        if i == n_listed - 1:
+            break  # the last listed step returns den (t_next = 0)
+        # Euler step (Eq. 11), then Heun correction with fresh noise n''.
+        if noise_sampler is None:
+            noise_a, noise_b = dict(seed=seeds, offset=off), dict(seed=seeds, offset=off + two_n)
+        else:
+            noise_a = dict(noise=_relay_draw(noise_sampler, sigmas[i], sigmas[i + 1], x, s_block))
+            noise_b = None
+        x_next = rk.relay_step(x, den, weights=(step_w[i], scale[i]), **op_kw, **noise_a)
+        den_next = model(x_next, t_rows[i + 1], **extra_args).to(dtype)
+        if noise_b is None:
+            noise_b = dict(noise=_relay_draw(noise_sampler, sigmas[i], sigmas[i + 1], x, s_block))
+        x = rk.relay_correct(x, den, x_next, den_next, weights=(correct_w[i], scale[i]), **op_kw, **noise_b)
+        off += 2 * two_n
+    return den
+
+
+# --------------------------------------------------------------------------------------------
+# Cascades.
+
+_STAGE1_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
+_RELAY_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "truncation_sigma", "k", "s_noise", "s_block",
+               "blur_sigma_max", "prob_length", "min_scale", "up_scale")
+
+
+def _split_kwargs(kwargs, allowed, what):
+    kwargs = dict(kwargs or {})
+    unknown = sorted(set(kwargs) - set(allowed))
+    if unknown:
+        raise TypeError(f"unknown {what} key(s) {unknown}; allowed: {', '.join(allowed)}")
+    return kwargs
+
+
+def _stage1(net, latents, labels, cfg, kw, seeds, callback, disable):
+    kw = _split_kwargs(kw, _STAGE1_KEYS, "stage1_kwargs")
+    sigmas = get_sigmas_karras(kw.pop("num_steps", 18), kw.pop("sigma_min", 0.002), kw.pop("sigma_max", 80.0),
+                               kw.pop("rho", 7.0), net=net)
+    churn = dict(s_churn=kw.pop("S_churn", 0.0), s_tmin=kw.pop("S_min", 0.0), s_tmax=kw.pop("S_max", float("inf")),
+                 s_noise=kw.pop("S_noise", 1.0))
+    x = latents.to(torch.float64) * sigmas[0]
+    extra = None if labels is None else {"class_labels": labels}
+    out = sample_edm(CFGDenoiser(net, cfg), x, sigmas, extra, callback, disable, seeds=seeds, offset=0, **churn)
+    return out.to(latents.dtype)
+
+
+def _relay_stage(net, x, labels, cfg, kw, seeds, offset, callback, disable):
+    kw = _split_kwargs(kw, _RELAY_KEYS, "relay_kwargs")
+    sigmas = get_sigmas_relay(kw.pop("num_steps", 40), kw.pop("sigma_min", 0.008), kw.pop("sigma_max", 80.0),
+                              kw.pop("rho", 7.0), kw.pop("truncation_sigma", 0.9), net=net)
+    extra = None if labels is None else {"class_labels": labels}
+    return sample_relay(CFGDenoiser(net, cfg), x, sigmas.to(x.device), extra, callback, disable, seeds=seeds,
+                        offset=offset, **kw)
 
 
 @torch.no_grad()
@@ -317,13 +415,18 @@ def sample_cascade(
     callback=None,
     disable=None,
 ):
-    """Stage 1 (EDM) then each relay net in turn (e.g. 64 -> 256 -> 1024).
+    """Stage 1 (EDM) then each relay net in turn (e.g. 64 -> 256 -> 1024), on sample_edm and sample_relay.
 
-    stage1_net may be None when x_low (the low-resolution images) is given. relay_kwargs is one dict
-    for every relay stage or a list with one per stage. cfg_scale is one number or one per stage
-    (stage 1 first). Returns (outputs, nfe): the images after each stage run and the network
-    evaluations each stage used. callback receives the sampler's dict plus `stage` (1 = the first
-    relay stage, 0 = stage 1). Relay stage j draws from counters (j + 1) * STAGE_STRIDE on.
+    stage1_net may be None when x_low (the low-resolution images) is given. stage1_kwargs keys:
+    num_steps, sigma_min, sigma_max, rho (the schedule, clamped to the net's range), S_churn, S_min,
+    S_max, S_noise (EDM's churn). relay_kwargs keys: num_steps, sigma_min, sigma_max, rho,
+    truncation_sigma (the schedule), k, s_noise, s_block, blur_sigma_max, prob_length, min_scale,
+    up_scale; one dict for every relay stage or a list with one per stage. cfg_scale is one number or
+    one per stage (stage 1 first); guidance applies where it is > 1 (CFGDenoiser). Returns
+    (outputs, nfe): the images after each stage run and the network evaluations each stage used.
+    callback receives the sampler's dict plus `stage` (1 = the first relay stage, 0 = stage 1).
+    Stage 1 draws latents at counters 0 .. N-1 and churn after them; relay stage j from counters
+    (j + 1) * STAGE_STRIDE on.
     """
     relay_nets = list(relay_nets)
     n_stages = len(relay_nets) + (stage1_net is not None)
@@ -334,7 +437,7 @@ def sample_cascade(
             raise ValueError(f"{len(relay_kwargs)} relay_kwargs for {len(relay_nets)} relay nets")
         relay_kwargs = list(relay_kwargs)
     else:
-        relay_kwargs = [dict(relay_kwargs or {})] * len(relay_nets)
+        relay_kwargs = [relay_kwargs] * len(relay_nets)
     cfgs = list(cfg_scale) if isinstance(cfg_scale, (list, tuple)) else [cfg_scale] * n_stages
     if len(cfgs) != n_stages:
         raise ValueError(f"{len(cfgs)} cfg scales for {n_stages} stages")
@@ -345,39 +448,19 @@ def sample_cascade(
 
     # Stage numbering (and so the noise streams) is the same whether or not stage 1 runs here, so
     # refining saved stage-1 images reproduces the cascade's relay noise.
-    outputs, nfe, stage = [], [], 1
+    outputs, nfe = [], []
     if stage1_net is not None:
         net = CountCalls(stage1_net)
         shape = (net.img_channels, net.img_resolution, net.img_resolution)
         latents = latents_from_seeds(seeds, shape, 0, device)
-        x_low = sample_edm(
-            net,
-            latents,
-            seeds=seeds,
-            offset=0,
-            class_labels=class_labels,
-            cfg_scale=cfgs[0],
-            callback=stage_cb(0),
-            disable=disable,
-            **(stage1_kwargs or {}),
-        )
+        x_low = _stage1(net, latents, class_labels, cfgs[0], stage1_kwargs, seeds, stage_cb(0), disable)
         outputs.append(x_low)
         nfe.append(net.nfe)
     x = x_low
     for j, relay_net in enumerate(relay_nets):
         net = CountCalls(relay_net)
-        x = sample_relay(
-            net,
-            x,
-            seeds=seeds,
-            offset=stage * STAGE_STRIDE,
-            class_labels=class_labels,
-            cfg_scale=cfgs[len(outputs)],
-            callback=stage_cb(stage),
-            disable=disable,
-            **relay_kwargs[j],
-        )
+        x = _relay_stage(net, x, class_labels, cfgs[len(outputs)], relay_kwargs[j], seeds, (j + 1) * STAGE_STRIDE,
+                         stage_cb(j + 1), disable)
         outputs.append(x)
         nfe.append(net.nfe)
-        stage += 1
     return outputs, nfe

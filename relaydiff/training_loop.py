@@ -121,12 +121,15 @@ def _preview_samples(net1, net2, labels, x_low, seed, opts):
         low = None
         if net1 is not None:
             latents = sampling.latents_from_seeds(seeds, tuple(x_low.shape[1:]), device=dev)
-            low = sampling.sample_edm(net1, latents, num_steps=opts["preview_steps"], seeds=seeds,
-                                      class_labels=labels, disable=True).clamp(-1, 1)
+            sig1 = sampling.get_sigmas_karras(opts["preview_steps"], net=net1, device=dev)
+            low = sampling.sample_edm(sampling.CFGDenoiser(net1), latents.double() * sig1[0], sig1,
+                                      {"class_labels": labels}, disable=True, seeds=seeds).float().clamp(-1, 1)
         high = None
         if net2 is not None:
-            high = sampling.sample_relay(net2, low if low is not None else x_low, seeds=seeds,
-                                         offset=1 << 40, class_labels=labels, disable=True, **relay_kw)
+            high = sampling.sample_relay(sampling.CFGDenoiser(net2), low if low is not None else x_low,
+                                         sampling.get_sigmas_relay(40, net=net2, device=dev),
+                                         {"class_labels": labels}, disable=True, seeds=seeds, offset=1 << 40,
+                                         **relay_kw)
         return low, high
     return _fallback_samples(net1, net2, labels, x_low, seeds, opts, relay_kw)
 

@@ -95,6 +95,25 @@ def low_res(x, up=4):
     return F.avg_pool2d(x, up)
 
 
+# ---------------------------------------------------------------------------- the k-diffusion-style calls
+
+
+def _relay(net, x_low, *, num_steps=40, truncation_sigma=0.9, class_labels=None, cfg_scale=1.0, **kw):
+    """sample_relay as a user calls it: a schedule, labels through extra_args, guidance by CFGDenoiser."""
+    sigmas = sampling.get_sigmas_relay(num_steps, truncation_sigma=truncation_sigma, net=net)
+    extra = None if class_labels is None else {"class_labels": class_labels}
+    return sampling.sample_relay(sampling.CFGDenoiser(net, cfg_scale), x_low, sigmas, extra, **kw)
+
+
+def _edm(net, latents, *, num_steps=18, class_labels=None, cfg_scale=1.0, S_churn=0.0, S_min=0.0,
+         S_max=float("inf"), **kw):
+    sigmas = sampling.get_sigmas_karras(num_steps, net=net)
+    extra = None if class_labels is None else {"class_labels": class_labels}
+    x = latents.to(torch.float64) * sigmas[0]
+    return sampling.sample_edm(sampling.CFGDenoiser(net, cfg_scale), x, sigmas, extra, s_churn=S_churn, s_tmin=S_min,
+                               s_tmax=S_max, **kw).to(latents.dtype)
+
+
 # ---------------------------------------------------------------------------- relay sampler
 
 
@@ -104,7 +123,7 @@ def test_relay_returns_to_source_and_tracks_forward_marginals():
     idx = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
     x_low = low_res(data[idx])
     record = []
-    out = sampling.sample_relay(
+    out = _relay(
         net, x_low, num_steps=40, seeds=torch.arange(100, 108), callback=record.append, disable=True
     )
     assert out.dtype == torch.float64 and out.shape == data[idx].shape
@@ -113,12 +132,13 @@ def test_relay_returns_to_source_and_tracks_forward_marginals():
     # The residual x_i - blur(x0, b(t_i)) has the forward noise's spectrum, step after step.
     ratios = []
     for d in record:
-        mean = net.mean(d["sigma"])[torch.arange(8), idx]
-        w = net.whitened(d["x"] - mean, d["sigma"])
+        assert d["sigma"].dim() == 0 and torch.equal(d["sigma"], d["sigma_hat"])  # k-diffusion: one sigma per step
+        sigma = d["sigma"].to(torch.float64).expand(8)
+        mean = net.mean(sigma)[torch.arange(8), idx]
+        w = net.whitened(d["x"] - mean, sigma)
         hi = torch.zeros(w.shape[-2:], dtype=torch.bool)
         hi[4:-3, 4:-3] = True  # frequencies above a quarter of Nyquist in both directions
         ratios.append((w.mean().item(), w[..., hi].mean().item(), w[..., ~hi].mean().item()))
-        assert torch.equal(d["sigma"], torch.full_like(d["sigma"], d["sigma"][0].item()))
     for total, hi_band, lo_band in ratios:
         assert 0.85 < total < 1.2, ratios
         assert 0.8 < hi_band < 1.25 and 0.8 < lo_band < 1.25, ratios
@@ -130,11 +150,11 @@ def test_relay_seeds_independent_of_batch():
     x_low = low_res(data[[3, 1, 2, 0, 1, 2]])
     seeds = torch.tensor([7, 8, 9, 10, 11, 12])
     kw = dict(num_steps=8, disable=True, truncation_sigma=5.0)
-    full = sampling.sample_relay(net, x_low, seeds=seeds, **kw)
-    parts = [sampling.sample_relay(net, x_low[s], seeds=seeds[s], **kw) for s in (slice(0, 1), slice(4, 6))]
+    full = _relay(net, x_low, seeds=seeds, **kw)
+    parts = [_relay(net, x_low[s], seeds=seeds[s], **kw) for s in (slice(0, 1), slice(4, 6))]
     torch.testing.assert_close(torch.cat([full[:1], full[4:]]), torch.cat(parts), rtol=0, atol=1e-12)
     # An int seed s means s, s+1, ...
-    as_int = sampling.sample_relay(net, x_low, seeds=7, **kw)
+    as_int = _relay(net, x_low, seeds=7, **kw)
     torch.testing.assert_close(full, as_int, rtol=0, atol=0)
 
 
@@ -143,7 +163,7 @@ def test_relay_trajectory_depends_on_seed():
     net = RelayPosterior(data)
     x_low = low_res(data[[0, 0]])
     xs = []
-    sampling.sample_relay(
+    _relay(
         net,
         x_low,
         num_steps=12,
@@ -157,9 +177,9 @@ def test_relay_trajectory_depends_on_seed():
 def test_relay_rejects_bad_input():
     net = RelayPosterior(make_data())
     with pytest.raises(ValueError, match="multiple"):
-        sampling.sample_relay(net, torch.zeros(1, 3, 5, 5, dtype=torch.float64), disable=True)
+        _relay(net, torch.zeros(1, 3, 5, 5, dtype=torch.float64), disable=True)
     with pytest.raises(ValueError, match="truncation"):
-        sampling.sample_relay(
+        _relay(
             net,
             torch.zeros(1, 3, 4, 4, dtype=torch.float64),
             num_steps=3,
@@ -167,7 +187,7 @@ def test_relay_rejects_bad_input():
             disable=True,
         )
     with pytest.raises(ValueError, match="seeds"):
-        sampling.sample_relay(
+        _relay(
             net, torch.zeros(2, 3, 4, 4, dtype=torch.float64), seeds=[1, 2, 3], disable=True
         )
 
@@ -175,16 +195,16 @@ def test_relay_rejects_bad_input():
 def test_relay_rejects_bad_up_scale_and_shape():
     net = RelayPosterior(make_data())  # 16px
     x16 = torch.zeros(1, 3, 16, 16, dtype=torch.float64)
-    identity = lambda x, sigma, labels: x  # noqa: E731 - a net without img_resolution
+    identity = lambda x, sigma: x  # noqa: E731 - a net without img_resolution
     with pytest.raises(ValueError, match="up_scale must be an integer >= 2"):
-        sampling.sample_relay(net, x16, num_steps=3, disable=True)  # already at the net's resolution
+        _relay(net, x16, num_steps=3, disable=True)  # already at the net's resolution
     for bad in (1, 1.5):
         with pytest.raises(ValueError, match="up_scale must be an integer >= 2"):
-            sampling.sample_relay(identity, x16, up_scale=bad, num_steps=3, disable=True)
+            _relay(identity, x16, up_scale=bad, num_steps=3, disable=True)
     with pytest.raises(ValueError, match="not the net's resolution 16"):
-        sampling.sample_relay(net, torch.zeros(1, 3, 4, 4, dtype=torch.float64), up_scale=2, disable=True)
+        _relay(net, torch.zeros(1, 3, 4, 4, dtype=torch.float64), up_scale=2, disable=True)
     with pytest.raises(ValueError, match=r"\[B, C, H, W\]"):
-        sampling.sample_relay(net, torch.zeros(3, 4, 4, dtype=torch.float64), disable=True)
+        _relay(net, torch.zeros(3, 4, 4, dtype=torch.float64), disable=True)
 
 
 # ---------------------------------------------------------------------------- guidance
@@ -209,14 +229,15 @@ class ManualGuidance:
         return uncond + self.w * (cond - uncond)
 
 
-@pytest.mark.parametrize("w", [1.0, 2.5])
+@pytest.mark.parametrize("w", [0.0, 0.5, 1.0, 2.5])
 def test_relay_cfg_matches_manual_guidance(w):
+    """Guided only for w > 1, as the released generate.py: w <= 1 is the conditional net alone."""
     data, lab = _labelled()
     net = sampling.CountCalls(RelayPosterior(data, lab))
     labels = lab[[0, 1, 1]]
     x_low = low_res(data[[1, 2, 0]]) + 0.05
     seeds = torch.tensor([3, 4, 5])
-    got = sampling.sample_relay(
+    got = _relay(
         net,
         x_low,
         num_steps=10,
@@ -226,8 +247,8 @@ def test_relay_cfg_matches_manual_guidance(w):
         disable=True,
         truncation_sigma=2.0,
     )
-    want = sampling.sample_relay(
-        ManualGuidance(net.net, labels, w),
+    want = _relay(
+        ManualGuidance(net.net, labels, max(w, 1.0)),
         x_low,
         num_steps=10,
         seeds=seeds,
@@ -245,9 +266,9 @@ def test_edm_cfg_matches_manual_guidance():
     net = EDMPosterior(data, lab)
     labels = lab[[1, 0]]
     latents = sampling.latents_from_seeds([0, 1], data.shape[1:], dtype=torch.float64)
-    got = sampling.sample_edm(net, latents, num_steps=8, class_labels=labels, cfg_scale=3.0, disable=True)
+    got = _edm(net, latents, num_steps=8, class_labels=labels, cfg_scale=3.0, disable=True)
     manual = ManualGuidance(net, labels, 3.0)
-    want = sampling.sample_edm(manual, latents, num_steps=8, disable=True)
+    want = _edm(manual, latents, num_steps=8, disable=True)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
 
 
@@ -259,11 +280,11 @@ def test_edm_sampler_lands_on_data_and_is_batch_independent():
     net = sampling.CountCalls(EDMPosterior(data))
     seeds = torch.arange(6)
     latents = sampling.latents_from_seeds(seeds, data.shape[1:], dtype=torch.float64)
-    out = sampling.sample_edm(net, latents, num_steps=18, disable=True)
+    out = _edm(net, latents, num_steps=18, disable=True)
     assert net.nfe == 35
     dist = ((out[:, None] - data[None]) ** 2).flatten(2).sum(-1).sqrt().min(1).values
     assert dist.max() < 1e-3
-    half = sampling.sample_edm(net, latents[:2], num_steps=18, disable=True)
+    half = _edm(net, latents[:2], num_steps=18, disable=True)
     torch.testing.assert_close(out[:2], half, rtol=0, atol=1e-12)
 
 
@@ -273,8 +294,8 @@ def test_edm_churn_uses_per_image_seeds():
     seeds = torch.arange(4)
     latents = sampling.latents_from_seeds(seeds, data.shape[1:], dtype=torch.float64)
     kw = dict(num_steps=10, S_churn=40, S_min=0.05, S_max=50, disable=True)
-    full = sampling.sample_edm(net, latents, seeds=seeds, **kw)
-    part = sampling.sample_edm(net, latents[2:], seeds=seeds[2:], **kw)
+    full = _edm(net, latents, seeds=seeds, **kw)
+    part = _edm(net, latents[2:], seeds=seeds[2:], **kw)
     torch.testing.assert_close(full[2:], part, rtol=0, atol=1e-12)
 
 
