@@ -1,6 +1,8 @@
 """CUDA-graph capture and replay of a whole relay sampling loop (relaydiff.sampling.sample_relay:
-start noise, every Euler step and Heun correction, a small U-Net), per GPU backend, compared with
-the same call run eagerly. Run by tools/gpu_check.sh; exit status 0 when every backend agrees.
+start noise, the schedule's op weights, every Euler step and Heun correction, a small U-Net), per GPU
+backend, compared with the same call run eagerly. sigmas and seeds are made on the GPU before the
+capture, so nothing inside it copies from the host. Run by tools/gpu_check.sh; exit status 0 when
+every backend agrees.
 
     PYTHONPATH=. python tools/gpu_graph_check.py [--backends cuda,triton] [--steps 8]
 """
@@ -16,7 +18,7 @@ import torch
 import relay_kernels as rk
 from relay_kernels import _backend
 from relaydiff.networks import EDMPrecond
-from relaydiff.sampling import relay_nfe, sample_relay
+from relaydiff.sampling import get_sigmas_relay, relay_nfe, sample_relay
 
 
 def check(backend: str, steps: int, atol: float) -> bool:
@@ -25,10 +27,11 @@ def check(backend: str, steps: int, atol: float) -> bool:
     seeds = torch.arange(4, dtype=torch.int64, device="cuda")
     x_a = torch.randn(4, 3, 16, 16, device="cuda")
     x_b = torch.randn(4, 3, 16, 16, device="cuda")
+    sigmas = get_sigmas_relay(steps, device="cuda")
     rk.set_backend(backend)
 
     def run(x):
-        return sample_relay(net, x, num_steps=steps, seeds=seeds, disable=True)
+        return sample_relay(net, x, sigmas, disable=True, seeds=seeds)
 
     # Warm-up on a side stream, as torch.cuda.graph asks: Triton autotuning and JIT, cuDNN and
     # cuBLAS handles, and the per-device tensors the ops cache are all made before capture.
