@@ -150,7 +150,7 @@ def _noise_args(x, seed, offset, noise, like_name):
             raise ValueError("pass either seed= or noise=, not both")
         e, e_block = check.noise_pair(noise, x, like_name)
         return None, 0, e.contiguous(), e_block.contiguous()
-    return check.seeds(seed, x.shape[0], x.device), check.offset(offset, x[0].numel(), 2), None, None
+    return check.seeds(seed, x.shape[0], x.device), check.offset(offset, math.prod(x.shape[1:]), 2), None, None
 
 
 def _block_size(block_size, k, x):
