@@ -186,6 +186,13 @@ def test_relay_rejects_bad_input():
             truncation_sigma=1e-3,
             disable=True,
         )
+    with pytest.raises(ValueError, match=r"s_noise must be in \[0, 1\)"):
+        _relay(net, torch.zeros(1, 3, 4, 4, dtype=torch.float64), num_steps=20, s_noise=1.5, disable=True)
+    with pytest.raises(TypeError, match="sigmas must be a 1-D"):
+        sampling.sample_relay(net, torch.zeros(1, 3, 4, 4, dtype=torch.float64), [0.5, 0.0], disable=True)
+    with pytest.raises(ValueError, match="positive"):
+        sampling.sample_relay(net, torch.zeros(1, 3, 4, 4, dtype=torch.float64), torch.tensor([0.5, -0.1, 0.0]),
+                              disable=True)
     with pytest.raises(ValueError, match="seeds"):
         _relay(
             net, torch.zeros(2, 3, 4, 4, dtype=torch.float64), seeds=[1, 2, 3], disable=True
