@@ -205,7 +205,11 @@ class RelayEDMScheduler(SchedulerMixin, ConfigMixin):
         return torch.tensor(sigma, dtype=torch.float64).to(device=device, dtype=torch.float32)
 
     def scale_model_input(self, sample: torch.Tensor, timestep) -> torch.Tensor:
-        """c_in x with c_in = 1 / sqrt(sigma^2 + sigma_data^2) (float32, as diffusers' EDM schedulers)."""
+        """c_in x with c_in = 1 / sqrt(sigma^2 + sigma_data^2), as diffusers' EDM schedulers.
+
+        Computed and returned in float32, as relaydiff's EDMPrecond computes it (so the loop matches
+        sample_relay bit for bit); cast it to the model's dtype for a half-precision model.
+        """
         sigma = self._sigma32(self._current_sigma(timestep), sample.device)
         c_in = 1 / (self.config.sigma_data**2 + sigma**2).sqrt()
         return c_in * sample.to(torch.float32)

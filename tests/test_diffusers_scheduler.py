@@ -106,6 +106,20 @@ def test_sample_prediction_matches_sample_relay_bitwise(net):
     assert torch.equal(got, expected)
 
 
+def test_default_seeds_without_prepare_latents(net):
+    """Without prepare_latents the steps use seeds 0, 1, ... from counter 2N on, as sample_relay's defaults."""
+    x_low = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(7)) * 2 - 1
+    expected = relay_reference(net, x_low, 12, 0, 0, dict(up_scale=2))
+    scheduler = RelayEDMScheduler()
+    scheduler.set_timesteps(12)
+    x = torch.nn.functional.interpolate(x_low, scale_factor=2, mode="nearest")
+    x = x + scheduler.init_noise_sigma * sampling.relay_noise(torch.arange(2), tuple(x.shape[1:]), 4, 0.15, 0)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            x = scheduler.step(net.model(scheduler.scale_model_input(x, t), t.expand(2)), t, x).prev_sample
+    assert torch.equal(x, expected)
+
+
 def test_generator_noise(net):
     x_low = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1
     scheduler = RelayEDMScheduler(up_scale=2)
