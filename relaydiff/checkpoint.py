@@ -219,3 +219,11 @@ def load_network(path: str, stage: int, ema: bool = True, device="cpu"):
     check_stage_config(stage_config, where)
     net = build_checked(stage_config["network"], state["stages"][key]["ema" if ema else "net"], where, device)
     return net.eval().requires_grad_(False), stage_config
+
+
+def import_network(path: str, *, key: str = "ema", device="cpu"):
+    """A published EDM `.pkl` or RDM `.pt` network, read without running code from the file: see
+    importer.import_network (imported here on use: importer itself builds on this module)."""
+    from .importer import import_network as _import_network
+
+    return _import_network(path, key=key, device=device)
