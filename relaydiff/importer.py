@@ -5,7 +5,7 @@
 
 The file is read by `safe_unpickle.load_file`, which runs nothing from it: the network under `ema`
 (or `net`) comes back as inert records of EDM's class names with their saved state. From the
-record of the preconditioning wrapper (EDMPrecond / VPPrecond / VEPrecond) this takes the
+record of the preconditioning wrapper (EDMPrecond / VPPrecond / VEPrecond / iDDPMPrecond) this takes the
 constructor arguments the EDM persistence decorator recorded (`_init_args`, `_init_kwargs`; for a
 plainly pickled module without them, the wrapper's attributes of the same names and the U-Net's
 recorded arguments), checks them against checkpoint.py's limits, builds relaydiff's class of the same
@@ -26,14 +26,12 @@ from .checkpoint import build_checked, check_stage_config
 from .safe_unpickle import EDM_CLASSES, TORCH_CONTAINERS, ObjectRecord, PersistentRecord, UnsafePickleError, load_file
 
 # EDM's default model_type per wrapper (NVlabs/edm training/networks.py), for a record without one.
-PRECONDS = {"EDMPrecond": "DhariwalUNet", "VPPrecond": "SongUNet", "VEPrecond": "SongUNet"}
+PRECONDS = {"EDMPrecond": "DhariwalUNet", "VPPrecond": "SongUNet", "VEPrecond": "SongUNet",
+            "iDDPMPrecond": "DhariwalUNet"}
 MODELS = ("SongUNet", "DhariwalUNet")
 # The U-Net kwargs the wrapper passes itself (EDM: img_resolution, in_channels=img_channels, ...).
 INTERFACE = ("img_resolution", "in_channels", "out_channels", "label_dim")
-# THUDM/RelayDiffusion's one extra kwarg: eff_attn swaps EDM's AttentionOp for xformers'
-# memory_efficient_attention, the same softmax(q k^T / sqrt(head_dim)) v, so it is dropped.
-SAME_MATH_KWARGS = ("eff_attn",)
-TREE_CLASSES = frozenset(EDM_CLASSES) - {"iDDPMPrecond"} | frozenset(TORCH_CONTAINERS)
+TREE_CLASSES = frozenset(EDM_CLASSES) | frozenset(TORCH_CONTAINERS)
 MAX_DEPTH = 16  # EDM's module trees are 4 deep (wrapper, U-Net, ModuleDict, block, layer)
 
 
@@ -98,8 +96,6 @@ def network_spec(top, where: str) -> dict:
     if kwargs["model_type"] != model.class_name:
         raise ValueError(f"{where}: {name} records model_type={kwargs['model_type']!r} but holds a "
                          f"{model.class_name}")
-    for key in SAME_MATH_KWARGS:
-        kwargs.pop(key, None)
     return {"class_name": name, "kwargs": kwargs}
 
 

@@ -169,6 +169,13 @@ def _load_from_bytes(data):
     return storage
 
 
+def _codecs_encode(text, encoding="utf-8"):
+    """_codecs.encode(str, 'latin1'): how protocol 2 (torch.save's) writes a bytes object."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise UnsafePickleError(f"_codecs.encode({_short(text)}, {_short(encoding)})")
+    return text.encode("latin1")
+
+
 def _reconstructor(cls, base, state):
     """copyreg._reconstructor(cls, object, None), protocol 0/1's way to make a plain object."""
     if not (isinstance(cls, type) and issubclass(cls, ObjectRecord)) or base is not object or state is not None:
@@ -183,6 +190,7 @@ ALLOWED = {
     ("builtins", "frozenset"): frozenset,
     ("builtins", "object"): object,
     ("copyreg", "_reconstructor"): _reconstructor,
+    ("_codecs", "encode"): _codecs_encode,
     ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
     ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
     ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
@@ -205,7 +213,9 @@ def _short(value, limit: int = 80) -> str:
 
 
 class SafeUnpickler(pickle.Unpickler):
-    """pickle.Unpickler whose find_class answers only ALLOWED; anything else is an UnsafePickleError."""
+    """pickle.Unpickler whose find_class answers only ALLOWED; anything else is an UnsafePickleError.
+    No persistent_load here: pickle then refuses persistent ids, and torch.load sets its own on the
+    instance to read a torch file's storages."""
 
     def find_class(self, module, name):
         module = _PY2_MODULES.get(module, module)
@@ -215,9 +225,6 @@ class SafeUnpickler(pickle.Unpickler):
             pass
         raise UnsafePickleError(f"refusing to load global {module}.{name}: it is not one of the classes and "
                                 f"functions an EDM/RDM checkpoint needs, and nothing from the file is run")
-
-    def persistent_load(self, pid):
-        raise UnsafePickleError(f"unexpected persistent id {_short(pid)} outside a torch file")
 
 
 def _pickle_module() -> types.ModuleType:
