@@ -86,17 +86,98 @@ def network_spec(top, where: str) -> dict:
     kwargs = _recorded_kwargs(top, name, where)
     if kwargs is None:  # a plain pickle without recorded arguments: the wrapper's own attributes
         kwargs = {n: _plain(top.state[n], where) for n in _signature_names(name) if n in top.state}
+        kwargs["model_type"] = model.class_name
         inner = _recorded_kwargs(model, model.class_name, where)
         if inner is None:
-            raise ValueError(f"{where}: neither {name} nor its {model.class_name} recorded their constructor "
-                             f"arguments (_init_kwargs of EDM's persistence decorator), so the architecture "
-                             f"cannot be rebuilt without running the file's code")
+            inner = derive_model_kwargs(model, where)
         kwargs.update({k: v for k, v in inner.items() if k not in INTERFACE})
     kwargs.setdefault("model_type", PRECONDS[name])
     if kwargs["model_type"] != model.class_name:
         raise ValueError(f"{where}: {name} records model_type={kwargs['model_type']!r} but holds a "
                          f"{model.class_name}")
     return {"class_name": name, "kwargs": kwargs}
+
+
+# ---------------------------------------------------------------------------- U-Net kwargs from a module tree
+
+
+def _sub(record, name: str, where: str):
+    sub = (record.state.get("_modules") or {}).get(name)
+    if sub is not None and not isinstance(sub, (PersistentRecord, ObjectRecord)):
+        raise ValueError(f"{where}: submodule {name} is a {type(sub).__name__}")
+    return sub
+
+
+def _weight(record, where: str, what: str) -> tuple:
+    weight = (record.state.get("_parameters") or {}).get("weight") if record is not None else None
+    if not isinstance(weight, torch.Tensor):
+        raise ValueError(f"{where}: {what} has no weight tensor to read the architecture from")
+    return tuple(weight.shape)
+
+
+def _int_attr(record, name: str, where: str, default=None):
+    value = record.state.get(name, default)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: {record.class_name}.{name} is {value!r}, not a number")
+    return value
+
+
+def derive_model_kwargs(model, where: str) -> dict:
+    """SongUNet / DhariwalUNet kwargs of a plainly pickled U-Net that recorded none, from its module
+    names (EDM's '<res>x<res>_conv|_down|_block<i>|_aux_*' in enc/dec), tensor shapes and attributes."""
+    enc, dec = _sub(model, "enc", where), _sub(model, "dec", where)
+    if enc is None or dec is None:
+        raise ValueError(f"{where}: {model.class_name} has no enc/dec ModuleDicts to read the architecture from")
+    blocks, order = {}, []  # resolution -> [block records] in the encoder, resolutions from the top
+    for key, sub in (enc.state.get("_modules") or {}).items():
+        res = int(key.split("x", 1)[0]) if key.split("x", 1)[0].isdigit() else None
+        if res is None:
+            raise ValueError(f"{where}: encoder module name {key!r} is not EDM's '<res>x<res>_...'")
+        if res not in blocks:
+            blocks[res] = []
+            order.append(res)
+        if "_block" in key:
+            blocks[res].append(sub)
+    layer0 = _weight(_sub(model, "map_layer0", where), where, "map_layer0")  # [emb_channels, noise_channels]
+    if model.class_name == "DhariwalUNet":
+        model_channels = layer0[1]
+    else:
+        model_channels = _weight(_sub(enc, f"{order[0]}x{order[0]}_conv", where), where, "the first conv")[0]
+    heads = [(_int_attr(b, "num_heads", where, 0), _int_attr(b, "out_channels", where))
+             for res in order for b in blocks[res]]
+    augment = _sub(model, "map_augment", where)
+    first = blocks[order[0]][0] if blocks[order[0]] else None
+    if first is None:
+        raise ValueError(f"{where}: {model.class_name} has no encoder blocks")
+    kw = dict(model_channels=model_channels, channel_mult_emb=layer0[0] // model_channels,
+              num_blocks=len(blocks[order[0]]),
+              channel_mult=[_int_attr(blocks[r][0], "out_channels", where) // model_channels for r in order],
+              attn_resolutions=[r for r in order if any(_int_attr(b, "num_heads", where, 0) for b in blocks[r])],
+              augment_dim=_weight(augment, where, "map_augment")[1] if augment is not None else 0,
+              dropout=_int_attr(first, "dropout", where, 0.0),
+              label_dropout=_int_attr(model, "label_dropout", where, 0))
+    if "eff_attn" in first.state:  # THUDM/RelayDiffusion's blocks record it
+        kw["eff_attn"] = bool(first.state["eff_attn"])
+    if model.class_name == "DhariwalUNet":
+        per_head = {c // h for h, c in heads if h}
+        if len(per_head) > 1:
+            raise ValueError(f"{where}: attention blocks use different head widths {sorted(per_head)}")
+        kw["channels_per_head"] = per_head.pop() if per_head else 64
+        return kw
+    names = list((enc.state.get("_modules") or {})) + list((dec.state.get("_modules") or {}))
+    noise = _sub(model, "map_noise", where)
+    fourier = noise is not None and noise.class_name == "FourierEmbedding"
+    kw.update(embedding_type="fourier" if fourier else "positional", channel_mult_noise=layer0[1] // model_channels,
+              encoder_type="residual" if any("aux_residual" in n for n in names)
+              else "skip" if any("aux_skip" in n for n in names) else "standard",
+              decoder_type="skip" if any("aux_up" in n for n in names) else "standard")
+    down = _sub(enc, f"{order[1]}x{order[1]}_down", where) if len(order) > 1 else None
+    conv = _sub(down, "conv0", where) if down is not None else None
+    filt = (conv.state.get("_buffers") or {}).get("resample_filter") if conv is not None else None
+    if isinstance(filt, torch.Tensor) and filt.dim() == 4:
+        rows = filt[0, 0].double().sum(1)  # f f^T / sum(f)^2 -> f / sum(f), then scaled to start at 1
+        kw["resample_filter"] = [int(round(v)) for v in (rows / rows[0]).tolist()]
+    return kw
 
 
 def state_dict_of(record, where: str, prefix: str = "", out=None, depth: int = 0) -> dict:

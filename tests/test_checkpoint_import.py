@@ -134,6 +134,14 @@ net3 = make("VEPrecond", img_resolution=8, img_channels=3, label_dim=0, model_ty
             resample_filter=[1, 3, 3, 1], attn_resolutions=[4], **small)
 torch.save(dict(ema=net3, step=5), os.path.join(out, "songunet.pt"))
 reference(net3, "songunet.pt", 0)
+# Plain pickles that recorded no constructor arguments: the importer reads them off the module tree.
+net4 = make("EDMPrecond", img_resolution=8, img_channels=3, label_dim=3, model_type="DhariwalUNet",
+            attn_resolutions=[4], channels_per_head=4, augment_dim=2, **small)
+for name, net in (("songunet-derived.pt", net3), ("adm-derived.pt", net4)):
+    for module in net.modules():
+        module.__dict__.pop("_init_args", None), module.__dict__.pop("_init_kwargs", None)
+    torch.save(dict(ema=net), os.path.join(out, name))
+    reference(net, name, net.label_dim)
 torch.save(refs, os.path.join(out, "refs.pt"))
 print("made")
 '''
@@ -151,14 +159,16 @@ for name, ref in refs.items():
     net, info = import_network(os.path.join(folder, name))
     with torch.no_grad():
         out = net(ref["x"], ref["sigma"], ref["labels"])
+    result[name] = dict(diff=(out - ref["out"]).abs().max().item(), scale=ref["out"].abs().max().item(),
+                        cls=type(net).__name__, format=info["format"], network=info["network"])
+    if "derived" in name:
+        continue
     run = os.path.join(folder, "run-" + name)
     assert convert.main([os.path.join(folder, name), "--stage", "2" if "stage2" in name else "1", "--outdir", run]) == 0
     conv, stage_cfg = load_network(run, 2 if "stage2" in name else 1)
     with torch.no_grad():
         out_conv = conv(ref["x"], ref["sigma"], ref["labels"])
-    result[name] = dict(diff=(out - ref["out"]).abs().max().item(), scale=ref["out"].abs().max().item(),
-                        conv_diff=(out_conv - ref["out"]).abs().max().item(), cls=type(net).__name__,
-                        format=info["format"], network=info["network"], stage_cfg=stage_cfg)
+    result[name].update(conv_diff=(out_conv - ref["out"]).abs().max().item(), stage_cfg=stage_cfg)
 result["modules"] = sorted(m for m in sys.modules if m.split(".")[0] in ("training", "torch_utils", "dnnlib"))
 print(json.dumps(result))
 '''
@@ -189,10 +199,16 @@ def test_import_same_outputs_in_a_clean_process(released, tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads(r.stdout.strip().splitlines()[-1])
     assert res.pop("modules") == []  # nothing named training / torch_utils / dnnlib was imported
-    assert set(res) == {"stage1.pkl", "stage2.pt", "songunet.pt"}
+    assert set(res) == {"stage1.pkl", "stage2.pt", "songunet.pt", "songunet-derived.pt", "adm-derived.pt"}
     for name, got in res.items():
         assert got["scale"] > 0.1, name  # the reference outputs are not trivially zero
-        assert got["diff"] <= 1e-6 * got["scale"] and got["conv_diff"] <= 1e-6 * got["scale"], (name, got)
+        assert got["diff"] <= 1e-6 * got["scale"] and got.get("conv_diff", 0) <= 1e-6 * got["scale"], (name, got)
+    # Derived from the module tree: the same architecture as recorded (SongUNet), and ADM's options.
+    derived = res["songunet-derived.pt"]["network"]["kwargs"]
+    recorded = res["songunet.pt"]["network"]["kwargs"]
+    assert {k: derived[k] for k in recorded} == {k: v for k, v in recorded.items()}, (derived, recorded)
+    adm = res["adm-derived.pt"]["network"]["kwargs"]
+    assert (adm["augment_dim"], adm["channels_per_head"], adm["attn_resolutions"]) == (2, 4, [4])
     assert res["stage1.pkl"]["format"] == "edm-pkl" and res["stage2.pt"]["format"] == "rdm-pt"
     assert res["songunet.pt"]["cls"] == "VEPrecond" and res["songunet.pt"]["network"]["kwargs"]["encoder_type"] == \
         "residual"
