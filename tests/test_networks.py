@@ -17,7 +17,16 @@ import torch.nn.functional as F
 
 from relaydiff import checkpoint
 from relaydiff.layers import AttentionOp, GroupNorm, UNetBlock
-from relaydiff.networks import ARCH_PRESETS, EDMPrecond, VEPrecond, VPPrecond, build_network, iDDPMPrecond
+from relaydiff.networks import (
+    ARCH_PRESETS,
+    DhariwalUNet,
+    EDMPrecond,
+    SongUNet,
+    VEPrecond,
+    VPPrecond,
+    build_network,
+    iDDPMPrecond,
+)
 
 # ------------------------------------------------------------------ naming rules (docs/NETWORKS.md)
 
@@ -206,16 +215,47 @@ def test_dhariwalunet_option_keys_and_shapes(label_dim, augment_dim, attn, num_b
     assert net(x, torch.tensor([0.5, 2.0]), torch.tensor([0, 1]) if label_dim else None).shape == x.shape
 
 
-def test_edm_defaults_keys_and_sizes():
-    """EDM's full-size defaults, built on the meta device: the key naming holds at scale, and the
-    parameter counts are those of EDM's configs (ADM ImageNet-64: 295.9 M; DDPM++ CIFAR-10: 55.7 M)."""
+def test_edm_default_sizes_from_the_rules():
+    """The naming rules at EDM's full sizes give the parameter counts of EDM's models (ADM ImageNet-64:
+    295.9 M; DDPM++ CIFAR-10: 55.7 M); the small builds above show the modules follow the same rules."""
+    def count(keys):
+        return sum(math.prod(shape) for key, shape in keys.items() if not key.endswith(("resample_filter", "freqs")))
+
+    assert round(count(expected_keys("DhariwalUNet", 64, label_dim=1000)) / 1e6, 1) == 295.9
+    assert round(count(expected_keys("SongUNet", 32, model_channels=128, channel_mult=[2, 2, 2])) / 1e6, 1) == 55.7
+
+
+def test_weight_init():
+    """EDM's init modes and their use: ADM kaiming_uniform * sqrt(1/3) (zero for conv1/proj/out_conv),
+    DDPM++ xavier_uniform (conv1/proj/aux_conv * 1e-5, qkv * sqrt(0.2)); the meta device draws nothing."""
+    from relaydiff.networks import weight_init
+
+    torch.manual_seed(0)
+    fan_in, fan_out = 300, 200
+    bounds = {"xavier_uniform": math.sqrt(6 / (fan_in + fan_out)), "kaiming_uniform": math.sqrt(3 / fan_in)}
+    stds = {"xavier_normal": math.sqrt(2 / (fan_in + fan_out)), "kaiming_normal": math.sqrt(1 / fan_in)}
+    for mode, bound in bounds.items():
+        w = weight_init([400, 300], mode, fan_in, fan_out)
+        assert 0.99 * bound < w.abs().max() <= bound and abs(w.std() / (bound / math.sqrt(3)) - 1) < 0.02
+    for mode, std in stds.items():
+        assert abs(weight_init([400, 300], mode, fan_in, fan_out).std() / std - 1) < 0.02
+    with pytest.raises(ValueError, match="unknown init mode 'he'"):
+        weight_init([2], "he", 1, 1)
     with torch.device("meta"):
-        adm = EDMPrecond(64, 3, label_dim=1000, model_type="DhariwalUNet")
-        ddpmpp = EDMPrecond(32, 3, model_type="SongUNet", model_channels=128, channel_mult=[2, 2, 2])
-    _check_keys(adm, "DhariwalUNet", 64, label_dim=1000)
-    _check_keys(ddpmpp, "SongUNet", 32, model_channels=128, channel_mult=[2, 2, 2])
-    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
-    assert round(count(adm) / 1e6, 1) == 295.9 and round(count(ddpmpp) / 1e6, 1) == 55.7
+        assert weight_init([3, 4], "xavier_uniform", 4, 3).is_meta
+
+    adm = DhariwalUNet(8, 3, 3, model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+                       channels_per_head=8)
+    for name, p in adm.named_parameters():
+        if name.startswith(("out_conv", "dec.4x4_in0.proj")) or ".conv1." in name:
+            assert not p.any(), name
+    w = adm.enc["8x8_conv"].weight
+    assert w.abs().max() <= 1 / math.sqrt(27) and adm.enc["8x8_conv"].bias.abs().max() <= 1 / math.sqrt(27)
+    song = SongUNet(8, 3, 3, model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    conv1 = song.enc["8x8_block0"].conv1.weight
+    assert 0 < conv1.abs().max() <= 1e-5 * math.sqrt(6 / (72 + 72))
+    qkv = song.dec["4x4_in0"].qkv.weight
+    assert qkv.abs().max() <= math.sqrt(0.2) * math.sqrt(6 / (16 + 48)) and not song.enc["8x8_conv"].bias.any()
 
 
 def test_unetblock_options():
