@@ -672,3 +672,16 @@ def test_build_checked_names_the_field():
         checkpoint.build_checked(wider, sd, "here")
     with pytest.raises(ValueError, match="missing"):
         checkpoint.build_checked({**spec, "kwargs": {**spec["kwargs"], "model_type": "SongUNet"}}, sd, "here")
+
+
+def test_resuming_an_old_run_is_refused(tmp_path):
+    from relaydiff.training_loop import training_loop
+
+    stage = dict(stage=1, resolution=2, img_channels=3, label_dim=8, k=4, network=OLD_SPEC,
+                 loss={"class_name": "EDMLoss", "kwargs": {}})
+    old_sd = {key: torch.zeros(1) for key in OLD_KEYS}
+    checkpoint.save_checkpoint(str(tmp_path), 5, {"train": {}, "k": 4, "stages": {"1": stage}},
+                               {"1": {"net": old_sd, "ema": old_sd, "optimizer": {}}})
+    with pytest.raises(ValueError, match="checkpoint.pt stage 1: .*network family changed to EDM's"):
+        training_loop(outdir=str(tmp_path), resume=True, resolution=8, stage="1", channels=8, channel_mult1="1",
+                      progress=False)
