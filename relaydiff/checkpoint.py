@@ -149,7 +149,7 @@ def check_stage_config(stage_config, where: str) -> dict:
         raise ValueError(f"{where}: stage config has no network.kwargs dict")
     check_network_family(stage_config["network"], where=where)
     kw = stage_config["network"]["kwargs"]
-    if kw["model_type"] not in MODEL_TYPES:
+    if not isinstance(kw["model_type"], str) or kw["model_type"] not in MODEL_TYPES:
         raise ValueError(f"{where}: config field network.kwargs.model_type must be one of {sorted(MODEL_TYPES)}, "
                          f"got {kw['model_type']!r}")
     for field, high in NETWORK_LIMITS.items():

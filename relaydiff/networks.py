@@ -248,7 +248,7 @@ MODEL_TYPES = {"SongUNet": SongUNet, "DhariwalUNet": DhariwalUNet}
 
 
 def _make_model(model_type, **kwargs):
-    if model_type not in MODEL_TYPES:
+    if not isinstance(model_type, str) or model_type not in MODEL_TYPES:
         raise ValueError(f"model_type must be one of {sorted(MODEL_TYPES)}, not {model_type!r}")
     return MODEL_TYPES[model_type](**kwargs)
 
@@ -443,7 +443,7 @@ def build_network(spec: dict) -> nn.Module:
     if not isinstance(spec, dict) or not isinstance(spec.get("kwargs"), dict):
         raise ValueError(f"a network spec is {{'class_name': ..., 'kwargs': {{...}}}}, not {spec!r}")
     name = spec.get("class_name", "EDMPrecond")
-    if name not in PRECONDS:
+    if not isinstance(name, str) or name not in PRECONDS:
         raise ValueError(f"unknown network class {name!r} (one of {sorted(PRECONDS)})")
     check_network_family(spec)
     return PRECONDS[name](**spec["kwargs"])
