@@ -19,6 +19,17 @@ import pytest
 import torch
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The networks here are tiny: one intra-op thread is fastest, and on a loaded 2-core machine several
+# threads per tiny convolution cost 10x more.
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}
+
+
+@pytest.fixture
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 PERSISTENCE_PY = '''
 """Test stand-in for NVlabs/edm torch_utils/persistence.py: the same pickled form, saving only."""
@@ -183,7 +194,7 @@ def released(tmp_path_factory):
                       ("training/__init__.py", ""), ("training/networks.py", NETWORKS_PY)):
         os.makedirs(folder / os.path.dirname(rel), exist_ok=True)
         (folder / rel).write_text(textwrap.dedent(text))
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": REPO}
     r = subprocess.run([sys.executable, "-c", MAKE_PY, str(folder)], capture_output=True, text=True, env=env,
                        cwd=folder, timeout=300)
     assert r.returncode == 0 and "made" in r.stdout, r.stderr[-3000:]
@@ -193,7 +204,7 @@ def released(tmp_path_factory):
 def test_import_same_outputs_in_a_clean_process(released, tmp_path):
     """Each format loads without the stand-ins importable, gives the original outputs, and the
     convert -> load_network round trip gives them too."""
-    env = {**os.environ, "PYTHONPATH": REPO}
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": REPO}
     r = subprocess.run([sys.executable, "-c", LOAD_PY, str(released)], capture_output=True, text=True, env=env,
                        cwd=tmp_path, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -218,7 +229,7 @@ def test_import_same_outputs_in_a_clean_process(released, tmp_path):
         "RelayLoss"
 
 
-def test_import_raw_net_and_missing_key(released):
+def test_import_raw_net_and_missing_key(released, one_thread):
     from relaydiff.importer import import_network
 
     net, info = import_network(str(released / "stage2.pt"), key="net")
@@ -367,7 +378,7 @@ def test_sample_cli_needs_one_source(tmp_path, capsys):
     assert "--network-first" in capsys.readouterr().err
 
 
-def test_sample_released_files_end_to_end(released, tmp_path, capsys):
+def test_sample_released_files_end_to_end(released, tmp_path, capsys, one_thread):
     """relaydiff.sample straight from the .pkl (stage 1, 4 px) and .pt (relay, 16 px) files with a preset."""
     import numpy as np
     import PIL.Image
