@@ -43,14 +43,16 @@ def _record_name(record) -> str:
     return type(record).__name__
 
 
-def _plain(value, where: str):
+def _plain(value, where: str, depth: int = 0):
     """A recorded constructor argument as JSON-able data (lists, dicts with str keys, numbers, str)."""
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if depth > MAX_DEPTH:
+        raise ValueError(f"{where}: a recorded constructor argument is nested deeper than {MAX_DEPTH}")
     if isinstance(value, (list, tuple)):
-        return [_plain(v, where) for v in value]
+        return [_plain(v, where, depth + 1) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _plain(v, where) for k, v in value.items()}
+        return {k: _plain(v, where, depth + 1) for k, v in value.items()}
     raise ValueError(f"{where}: a recorded constructor argument is {type(value).__name__}, not plain data")
 
 

@@ -57,6 +57,9 @@ class PersistentRecord:
         self.module, self.class_name, self.state = "torch_utils.persistence", name, dict(state or {})
         self.version = meta.get("version")
 
+    def __setstate__(self, state):
+        raise UnsafePickleError(f"persistent object {self.class_name} given a second state")
+
     def __repr__(self):
         return f"<persistent {self.class_name}>"
 
