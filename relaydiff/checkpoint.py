@@ -6,7 +6,9 @@ On-disk layout of a run directory (`python -m relaydiff.train --outdir RUN`):
                            "stages": {"1": STAGE, "2": STAGE}} for the stages trained, where
                            STAGE = {"stage": 1|2, "resolution": int, "img_channels": 3,
                            "label_dim": int, "k": int, "network": {"class_name": "EDMPrecond",
-                           "kwargs": {...}}, "loss": {"class_name": "EDMLoss"|"RelayLoss", "kwargs": {...}}}
+                           "kwargs": {EDMPrecond's kwargs, "model_type": "SongUNet"|"DhariwalUNet",
+                           the U-Net's kwargs}} (networks.build_network), "loss": {"class_name":
+                           "EDMLoss"|"RelayLoss", "kwargs": {...}}}
     RUN/checkpoint.pt      the latest training state (torch.save of a dict; load with weights_only=True):
                            {"format": FORMAT, "step": int (steps finished), "config": config.json's text,
                             "stages": {"1": {"net": sd, "ema": sd, "optimizer": sd}, "2": {...}},
@@ -24,11 +26,13 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import tempfile
 
 import torch
 
-from .networks import build_network
+from .networks import MODEL_TYPES, OLD_FAMILY_MESSAGE, build_network
+from .networks import check_network_family as _check_family
 
 FORMAT = "relaydiff-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -123,9 +127,12 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
 
 # Sane upper limits for a loaded network config, checked before anything is built: a crafted or
 # damaged config.json must not make a loader allocate without bound. Far above any model this
-# project trains (the defaults are 16 channels, 32 px).
-NETWORK_LIMITS = dict(img_resolution=8192, img_channels=64, label_dim=1_000_000, model_channels=8192,
-                      num_blocks=64, num_heads=1024)
+# project trains (the defaults are 16 channels, 32 px) and EDM's and RDM's released models.
+NETWORK_LIMITS = dict(img_resolution=8192, img_channels=64, label_dim=1_000_000, augment_dim=1024,
+                      model_channels=8192, channel_mult_emb=64, channel_mult_noise=64, num_blocks=64,
+                      channels_per_head=8192)
+# List-valued kwargs: (largest entry, smallest entry).
+NETWORK_LIST_LIMITS = dict(channel_mult=(64, 1), attn_resolutions=(8192, 1), resample_filter=(1024, 0))
 MAX_LEVELS, MAX_MULT = 16, 64
 
 
@@ -140,17 +147,22 @@ def check_stage_config(stage_config, where: str) -> dict:
     if not isinstance(stage_config, dict) or not isinstance(stage_config.get("network"), dict) \
             or not isinstance(stage_config["network"].get("kwargs"), dict):
         raise ValueError(f"{where}: stage config has no network.kwargs dict")
+    check_network_family(stage_config["network"], where=where)
     kw = stage_config["network"]["kwargs"]
+    if not isinstance(kw["model_type"], str) or kw["model_type"] not in MODEL_TYPES:
+        raise ValueError(f"{where}: config field network.kwargs.model_type must be one of {sorted(MODEL_TYPES)}, "
+                         f"got {kw['model_type']!r}")
     for field, high in NETWORK_LIMITS.items():
         if field in kw or field == "img_resolution":
-            _check_int(kw.get(field), f"network.kwargs.{field}", 0 if field == "label_dim" else 1, high, where)
-    for field, high in (("channel_mult", MAX_MULT), ("attn_resolutions", NETWORK_LIMITS["img_resolution"])):
+            low = 0 if field in ("label_dim", "augment_dim") else 1
+            _check_int(kw.get(field), f"network.kwargs.{field}", low, high, where)
+    for field, (high, low) in NETWORK_LIST_LIMITS.items():
         values = kw.get(field, [])
         if not isinstance(values, (list, tuple)) or len(values) > MAX_LEVELS:
             raise ValueError(f"{where}: config field network.kwargs.{field} must be a list of at most "
                              f"{MAX_LEVELS} ints, got {values!r}")
         for v in values:
-            _check_int(v, f"network.kwargs.{field}", 1, high, where)
+            _check_int(v, f"network.kwargs.{field}", low, high, where)
     res = kw["img_resolution"]
     for field in ("resolution", "img_channels", "label_dim"):
         mine = "img_resolution" if field == "resolution" else field
@@ -164,21 +176,42 @@ def check_stage_config(stage_config, where: str) -> dict:
     return stage_config
 
 
+# The U-Nets' first convolution (model.enc.<res>x<res>_conv.weight): [model_channels * mult, img_channels, 3, 3].
+_FIRST_CONV = re.compile(r"model\.enc\.\d+x\d+_conv\.weight")
+
+
 def _mismatch_field(key: str, want: tuple, have: tuple) -> str:
     """The config field that sets a mismatched tensor's size, for the tensors that name one alone."""
-    if key.endswith("conv_in.weight") and want[1:2] == have[1:2]:
+    if _FIRST_CONV.fullmatch(key) and want[1:2] == have[1:2]:
         return "network.kwargs.model_channels"
-    if key.endswith("conv_in.weight"):
+    if _FIRST_CONV.fullmatch(key):
         return "network.kwargs.img_channels"
     if key.endswith("map_label.weight") and want[1:] != have[1:]:
         return "network.kwargs.label_dim"
-    return "network.kwargs (model_channels, channel_mult, num_blocks, attn_resolutions, label_dim)"
+    return ("network.kwargs (model_type, model_channels, channel_mult, num_blocks, attn_resolutions, label_dim, "
+            "encoder_type, decoder_type, ...)")
+
+
+# State_dict keys only the old relaydiff UNet had (EDM's U-Nets name these enc.<res>x<res>_conv, out_conv, ...).
+_OLD_KEYS = re.compile(r"model\.(conv_in|conv_out|norm_out|mid)\.")
+
+
+def check_network_family(spec, where: str) -> None:
+    """ValueError naming `where` for a network config of the old relaydiff UNet (see networks.py)."""
+    try:
+        _check_family(spec, what="config")
+    except ValueError as exc:
+        raise ValueError(f"{where}: {exc}") from None
 
 
 def build_checked(spec: dict, state_dict, where: str, device="cpu"):
     """build_network(spec) with weights from state_dict, having first built it on the meta device (no
     memory) and compared every tensor's name and shape with the state_dict's: a config that does not
-    describe its weights is an error naming the config field, never a huge allocation."""
+    describe its weights is an error naming the config field, never a huge allocation. Configs and
+    weights of the old relaydiff UNet are refused (OLD_FAMILY_MESSAGE)."""
+    check_network_family(spec, where=where)
+    if isinstance(state_dict, dict) and any(_OLD_KEYS.match(str(key)) for key in state_dict):
+        raise ValueError(f"{where}: " + OLD_FAMILY_MESSAGE.format(what="checkpoint's weights"))
     try:
         with torch.device("meta"):
             net = build_network(spec)
@@ -190,8 +223,8 @@ def build_checked(spec: dict, state_dict, where: str, device="cpu"):
         extra, missing = sorted(have.keys() - want.keys()), sorted(want.keys() - have.keys())
         raise ValueError(f"{where}: the config's network does not match the saved weights (config field "
                          f"{_mismatch_field('', (), ())}): missing {missing[:3]}, unexpected {extra[:3]}")
-    # conv_in first: its shape names model_channels or img_channels alone.
-    for key in sorted(want, key=lambda name: not name.endswith("conv_in.weight")):
+    # The first conv first: its shape names model_channels or img_channels alone.
+    for key in sorted(want, key=lambda name: not _FIRST_CONV.fullmatch(name)):
         shape = want[key]
         if shape != have[key]:
             raise ValueError(f"{where}: config field {_mismatch_field(key, shape, have[key])} does not match "
@@ -219,3 +252,11 @@ def load_network(path: str, stage: int, ema: bool = True, device="cpu"):
     check_stage_config(stage_config, where)
     net = build_checked(stage_config["network"], state["stages"][key]["ema" if ema else "net"], where, device)
     return net.eval().requires_grad_(False), stage_config
+
+
+def import_network(path: str, *, key: str = "ema", device="cpu"):
+    """A published EDM `.pkl` or RDM `.pt` network, read without running code from the file: see
+    importer.import_network (imported here on use: importer itself builds on this module)."""
+    from .importer import import_network as _import_network
+
+    return _import_network(path, key=key, device=device)

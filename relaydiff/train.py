@@ -25,6 +25,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import cli_args as cli
+from .networks import ARCH_PRESETS
 from .training_loop import DEFAULTS, _ints, training_loop
 
 # Options a resumed run may change: they do not touch the training math (device: the same math on
@@ -57,10 +58,11 @@ HELP = dict(
     resume="continue the run in --outdir from its checkpoint, with the options saved in its config.json",
     cond="class-conditional training when the data has labels",
     label_dropout="label dropout probability (for classifier-free guidance)",
-    channels="UNet base channels", channel_mult1="stage-1 channel multipliers",
+    arch="network: EDM's presets ddpmpp, ncsnpp (SongUNet) or adm (DhariwalUNet), scaled down by --channels, "
+         "--channel-mult1/2, --num-blocks and --attn-res",
+    channels="U-Net base channels (model_channels)", channel_mult1="stage-1 channel multipliers",
     channel_mult2="stage-2 channel multipliers", attn_res="resolutions with self-attention",
     num_blocks="residual blocks per resolution", dropout="dropout probability",
-    embedding="noise embedding: positional or fourier",
     blur_sigma_max="relay stage maximum blur sigma", block_scale="block noise scale (beta)",
     prob_length="relay schedule prob_length (L)", log_every="metrics.jsonl interval (steps; 0: last only)",
     snap_every="checkpoint interval (steps; 0: at the end and on a signal only)",
@@ -101,8 +103,8 @@ def parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
             p.add_argument(flag, type=_bool, default=default, metavar="BOOL", help=HELP[name])
         elif name == "stage":
             p.add_argument(flag, choices=["1", "2", "both"], default=default, help=HELP[name])
-        elif name == "embedding":
-            p.add_argument(flag, choices=["positional", "fourier"], default=default, help=HELP[name])
+        elif name == "arch":
+            p.add_argument(flag, choices=sorted(ARCH_PRESETS), default=default, help=HELP[name])
         else:
             p.add_argument(flag, type=TYPES.get(name, type(value)), default=default, help=HELP[name])
     return p

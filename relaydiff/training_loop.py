@@ -32,14 +32,14 @@ from . import checkpoint as ckpt
 from . import distributed as dist_util
 from .dataset import global_indices, open_dataset
 from .loss import EDMLoss, RelayLoss
-from .networks import build_network
+from .networks import ARCH_PRESETS, build_network
 
 DEFAULTS = dict(
     outdir="runs/relaydiff", data="builtin", resolution=32, k=4, stage="both", steps=600, batch=16,
     lr=2e-3, lr_rampup=50, grad_clip=1.0, ema_halflife_kimg=500.0, ema_rampup=0.05, bf16=False,
-    seed=0, device="auto", resume=False, cond=True, label_dropout=0.1, channels=16,
-    channel_mult1="1,2", channel_mult2="1,2,2", attn_res="8", num_blocks=1, dropout=0.0,
-    embedding="positional", blur_sigma_max=3.0, block_scale=0.15, prob_length=0.93, log_every=10,
+    seed=0, device="auto", resume=False, cond=True, label_dropout=0.1, arch="ddpmpp", channels=16,
+    channel_mult1="1,2", channel_mult2="1,2,2", attn_res="8", num_blocks=1, dropout=0.0, blur_sigma_max=3.0,
+    block_scale=0.15, prob_length=0.93, log_every=10,
     snap_every=200, grid_every=200, preview_steps=18, progress=True, threads=1,
 )
 
@@ -80,11 +80,15 @@ def stage_configs(opts: dict, label_dim: int) -> dict:
         if stage_res % (2 ** (len(mult) - 1)):
             raise ValueError(f"stage {s} resolution {stage_res} is not divisible by 2^{len(mult) - 1} "
                              f"(--channel-mult{s} {opts[f'channel_mult{s}']} has {len(mult)} levels)")
+        if opts["arch"] not in ARCH_PRESETS:
+            raise ValueError(f"--arch must be one of {sorted(ARCH_PRESETS)}, not {opts['arch']!r}")
+        # EDM's preset for --arch, scaled down by --channels, --channel-multN, --num-blocks, --attn-res.
         net = dict(img_resolution=stage_res, img_channels=3, label_dim=label_dim, sigma_data=0.5,
-                   model_channels=opts["channels"], channel_mult=mult, num_blocks=opts["num_blocks"],
-                   attn_resolutions=_ints(opts["attn_res"]), dropout=opts["dropout"],
-                   label_dropout=opts["label_dropout"] if label_dim else 0.0,
-                   embedding_type=opts["embedding"])
+                   **ARCH_PRESETS[opts["arch"]], model_channels=opts["channels"], channel_mult=mult,
+                   num_blocks=opts["num_blocks"], attn_resolutions=_ints(opts["attn_res"]), dropout=opts["dropout"],
+                   label_dropout=opts["label_dropout"] if label_dim else 0.0)
+        if net["model_type"] == "DhariwalUNet" and opts["channels"] < 64:
+            net["channels_per_head"] = opts["channels"]  # EDM's 64 would leave narrow blocks without attention
         if s == 1:
             loss = {"class_name": "EDMLoss", "kwargs": dict(P_mean=-1.2, P_std=1.2, sigma_data=0.5)}
         else:
@@ -308,6 +312,9 @@ def training_loop(**overrides) -> dict:
     start = 0
     if opts["resume"]:
         state = ckpt.load_checkpoint(ckpt_path, map_location=device)
+        for s, saved in state["config"].get("stages", {}).items():
+            ckpt.check_network_family(saved.get("network") if isinstance(saved, dict) else None,
+                                      where=f"{ckpt_path} stage {s}")
         if state["config"]["stages"] != json.loads(json.dumps(stages)):
             raise ValueError(f"{ckpt_path}: its stages/networks differ from the options given")
         for s in stages:

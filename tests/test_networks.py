@@ -1,57 +1,687 @@
-"""relaydiff.networks: EDM preconditioning, conditioning, rebuild from JSON config."""
+"""relaydiff.networks: EDM's U-Nets and preconditioners.
 
+The expected state_dict keys and shapes are derived here from the naming rules of docs/NETWORKS.md
+(`song_layout`, `adm_layout`, `expected_keys`), and an independent forward written with
+torch.nn.functional alone (`functional_unet`) must agree with the modules from the same weights:
+that pins the skip scales, GroupNorm groups and eps, the attention head layout, the embeddings and
+the resampling filters.
+"""
+
+import itertools
 import json
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from relaydiff.networks import EDMPrecond, build_network
+from relaydiff import checkpoint
+from relaydiff.layers import AttentionOp, GroupNorm, UNetBlock
+from relaydiff.networks import (
+    ARCH_PRESETS,
+    DhariwalUNet,
+    EDMPrecond,
+    SongUNet,
+    VEPrecond,
+    VPPrecond,
+    build_network,
+    iDDPMPrecond,
+)
 
-TINY = dict(model_channels=8, channel_mult=(1, 2), attn_resolutions=(4,), num_blocks=1)
+# ------------------------------------------------------------------ naming rules (docs/NETWORKS.md)
 
 
-@pytest.mark.parametrize("embedding_type", ["positional", "fourier"])
-def test_shapes_and_identity_at_small_sigma(embedding_type):
+def song_layout(res, cin, cout_img, mc=128, channel_mult=(1, 2, 2, 2), num_blocks=4, attn_resolutions=(16,),
+                encoder_type="standard", decoder_type="standard", **_):
+    """[(section, name, kind, info)] in forward order for SongUNet."""
+    out, skips, c, caux = [], [], cin, cin
+    for level, mult in enumerate(channel_mult):
+        r = res >> level
+        if level == 0:
+            out.append(("enc", f"{r}x{r}_conv", "conv", dict(cin=c, cout=mc, k=3)))
+            c = mc
+            skips.append(c)
+        else:
+            out.append(("enc", f"{r}x{r}_down", "block", dict(cin=c, cout=c, down=True, heads=0)))
+            skips.append(c)
+            if encoder_type == "skip":
+                out.append(("enc", f"{r}x{r}_aux_down", "conv", dict(cin=caux, cout=caux, k=0, down=True)))
+                out.append(("enc", f"{r}x{r}_aux_skip", "conv", dict(cin=caux, cout=c, k=1)))
+            if encoder_type == "residual":
+                out.append(("enc", f"{r}x{r}_aux_residual", "conv", dict(cin=caux, cout=c, k=3, down=True,
+                                                                         fused=True)))
+                caux = c
+        for i in range(num_blocks):
+            out.append(("enc", f"{r}x{r}_block{i}", "block", dict(cin=c, cout=mc * mult,
+                                                                  heads=int(r in attn_resolutions))))
+            c = mc * mult
+            skips.append(c)
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        r = res >> level
+        if level == len(channel_mult) - 1:
+            out.append(("dec", f"{r}x{r}_in0", "block", dict(cin=c, cout=c, heads=1)))
+            out.append(("dec", f"{r}x{r}_in1", "block", dict(cin=c, cout=c, heads=0)))
+        else:
+            out.append(("dec", f"{r}x{r}_up", "block", dict(cin=c, cout=c, up=True, heads=0)))
+        for i in range(num_blocks + 1):
+            heads = int(i == num_blocks and r in attn_resolutions)
+            out.append(("dec", f"{r}x{r}_block{i}", "block", dict(cin=c + skips.pop(), cout=mc * mult, heads=heads)))
+            c = mc * mult
+        if decoder_type == "skip" or level == 0:
+            if decoder_type == "skip" and level < len(channel_mult) - 1:
+                out.append(("dec", f"{r}x{r}_aux_up", "conv", dict(cin=cout_img, cout=cout_img, k=0, up=True)))
+            out.append(("dec", f"{r}x{r}_aux_norm", "norm", dict(c=c)))
+            out.append(("dec", f"{r}x{r}_aux_conv", "conv", dict(cin=c, cout=cout_img, k=3)))
+    return out
+
+
+def adm_layout(res, cin, cout_img, mc=192, channel_mult=(1, 2, 3, 4), num_blocks=3, attn_resolutions=(32, 16, 8),
+               channels_per_head=64, **_):
+    out, skips, c = [], [], cin
+    for level, mult in enumerate(channel_mult):
+        r = res >> level
+        if level == 0:
+            out.append(("enc", f"{r}x{r}_conv", "conv", dict(cin=c, cout=mc * mult, k=3)))
+            c = mc * mult
+        else:
+            out.append(("enc", f"{r}x{r}_down", "block", dict(cin=c, cout=c, down=True, heads=0)))
+        skips.append(c)
+        for i in range(num_blocks):
+            heads = (mc * mult) // channels_per_head if r in attn_resolutions else 0
+            out.append(("enc", f"{r}x{r}_block{i}", "block", dict(cin=c, cout=mc * mult, heads=heads)))
+            c = mc * mult
+            skips.append(c)
+    for level, mult in reversed(list(enumerate(channel_mult))):
+        r = res >> level
+        if level == len(channel_mult) - 1:
+            out.append(("dec", f"{r}x{r}_in0", "block", dict(cin=c, cout=c, heads=c // channels_per_head)))
+            out.append(("dec", f"{r}x{r}_in1", "block", dict(cin=c, cout=c, heads=0)))
+        else:
+            out.append(("dec", f"{r}x{r}_up", "block", dict(cin=c, cout=c, up=True, heads=0)))
+        for i in range(num_blocks + 1):
+            heads = (mc * mult) // channels_per_head if r in attn_resolutions else 0
+            out.append(("dec", f"{r}x{r}_block{i}", "block", dict(cin=c + skips.pop(), cout=mc * mult, heads=heads)))
+            c = mc * mult
+    return out, c
+
+
+def conv_keys(p, cin, cout, k, up=False, down=False, taps=2, bias=True, **_):
+    keys = {}
+    if k:
+        keys[f"{p}.weight"] = (cout, cin, k, k)
+        if bias:
+            keys[f"{p}.bias"] = (cout,)
+    if up or down:
+        keys[f"{p}.resample_filter"] = (1, 1, taps, taps)
+    return keys
+
+
+def block_keys(p, cin, cout, emb, up=False, down=False, heads=0, adaptive=False, proj=False, taps=2):
+    keys = {f"{p}.norm0.weight": (cin,), f"{p}.norm0.bias": (cin,),
+            f"{p}.affine.weight": (cout * (2 if adaptive else 1), emb), f"{p}.affine.bias": (cout * (2 if adaptive
+                                                                                                     else 1),),
+            f"{p}.norm1.weight": (cout,), f"{p}.norm1.bias": (cout,)}
+    keys.update(conv_keys(f"{p}.conv0", cin, cout, 3, up=up, down=down, taps=taps))
+    keys.update(conv_keys(f"{p}.conv1", cout, cout, 3))
+    if cin != cout or up or down:
+        keys.update(conv_keys(f"{p}.skip", cin, cout, 1 if proj or cin != cout else 0, up=up, down=down, taps=taps))
+    if heads:
+        keys.update({f"{p}.norm2.weight": (cout,), f"{p}.norm2.bias": (cout,)})
+        keys.update(conv_keys(f"{p}.qkv", cout, cout * 3, 1))
+        keys.update(conv_keys(f"{p}.proj", cout, cout, 1))
+    return keys
+
+
+def expected_keys(model_type, res, img_channels=3, label_dim=0, augment_dim=0, **kw):
+    """{key: shape} of EDMPrecond(res, img_channels, label_dim, model_type=..., **kw).state_dict()."""
+    mc = kw.get("model_channels", 128 if model_type == "SongUNet" else 192)
+    emb = mc * kw.get("channel_mult_emb", 4)
+    keys = {}
+    if model_type == "SongUNet":
+        noise = mc * kw.get("channel_mult_noise", 1)
+        taps = len(kw.get("resample_filter", (1, 1)))
+        if kw.get("embedding_type", "positional") == "fourier":
+            keys["model.map_noise.freqs"] = (noise // 2,)
+        if label_dim:
+            keys.update({"model.map_label.weight": (noise, label_dim), "model.map_label.bias": (noise,)})
+        if augment_dim:
+            keys["model.map_augment.weight"] = (noise, augment_dim)
+        keys.update({"model.map_layer0.weight": (emb, noise), "model.map_layer0.bias": (emb,),
+                     "model.map_layer1.weight": (emb, emb), "model.map_layer1.bias": (emb,)})
+        for sec, name, kind, info in song_layout(res, img_channels, img_channels, mc=mc, **kw):
+            p = f"model.{sec}.{name}"
+            if kind == "conv":
+                keys.update(conv_keys(p, taps=taps, **info))
+            elif kind == "norm":
+                keys.update({f"{p}.weight": (info["c"],), f"{p}.bias": (info["c"],)})
+            else:
+                keys.update(block_keys(p, emb=emb, proj=True, taps=taps, **info))
+    else:
+        if augment_dim:
+            keys["model.map_augment.weight"] = (mc, augment_dim)
+        keys.update({"model.map_layer0.weight": (emb, mc), "model.map_layer0.bias": (emb,),
+                     "model.map_layer1.weight": (emb, emb), "model.map_layer1.bias": (emb,)})
+        if label_dim:
+            keys["model.map_label.weight"] = (emb, label_dim)
+        layout, c = adm_layout(res, img_channels, img_channels, mc=mc, **kw)
+        for sec, name, kind, info in layout:
+            p = f"model.{sec}.{name}"
+            keys.update(conv_keys(p, **info) if kind == "conv" else block_keys(p, emb=emb, adaptive=True, **info))
+        keys.update({"model.out_norm.weight": (c,), "model.out_norm.bias": (c,)})
+        keys.update(conv_keys("model.out_conv", c, img_channels, 3))
+    return keys
+
+
+def _shapes(net):
+    return {key: tuple(t.shape) for key, t in net.state_dict().items()}
+
+
+def _check_keys(net, model_type, res, **kw):
+    want, have = expected_keys(model_type, res, **kw), _shapes(net)
+    assert have == want, sorted(set(want) ^ set(have))[:6]
+
+
+# ------------------------------------------------------------------ state_dict keys per option
+
+SONG_OPTIONS = list(itertools.product(["positional", "fourier"], ["standard", "skip", "residual"],
+                                      ["standard", "skip"], [[1, 1], [1, 3, 3, 1]], [1, 2]))
+
+
+@pytest.mark.parametrize("i, options", list(enumerate(SONG_OPTIONS)))
+def test_songunet_option_keys_and_shapes(i, options):
+    embedding_type, encoder_type, decoder_type, resample_filter, channel_mult_noise = options
+    # Vary the rest along the list: attention on/off at each level, labels, augment labels, depth.
+    kw = dict(model_channels=8, channel_mult=[1, 2, 2], num_blocks=1 + i % 2, attn_resolutions=[[], [8], [4, 2]][i % 3],
+              embedding_type=embedding_type, encoder_type=encoder_type, decoder_type=decoder_type,
+              resample_filter=resample_filter, channel_mult_noise=channel_mult_noise, channel_mult_emb=2 + i % 3)
+    label_dim, augment_dim = (0, 3, 5)[i % 3], (0, 9)[i // 3 % 2]
+    torch.manual_seed(i)
+    net = EDMPrecond(8, 3, label_dim=label_dim, augment_dim=augment_dim, model_type="SongUNet", **kw).eval()
+    _check_keys(net, "SongUNet", 8, label_dim=label_dim, augment_dim=augment_dim, **kw)
+    x = torch.randn(2, 3, 8, 8)
+    aug = torch.randn(2, augment_dim) if augment_dim else None
+    assert net(x, torch.tensor([0.5, 2.0]), augment_labels=aug).shape == x.shape
+
+
+@pytest.mark.parametrize("label_dim, augment_dim, attn, num_blocks, mult, cph", [
+    (0, 0, [], 1, [1], 64), (4, 0, [8], 2, [1, 2], 4), (0, 9, [4], 1, [2, 1, 2], 8),
+    (10, 9, [8, 4, 2], 1, [1, 2, 3], 2),
+])
+def test_dhariwalunet_option_keys_and_shapes(label_dim, augment_dim, attn, num_blocks, mult, cph):
+    kw = dict(model_channels=8, channel_mult=mult, num_blocks=num_blocks, attn_resolutions=attn, channels_per_head=cph)
+    net = EDMPrecond(8, 3, label_dim=label_dim, augment_dim=augment_dim, model_type="DhariwalUNet", **kw).eval()
+    _check_keys(net, "DhariwalUNet", 8, label_dim=label_dim, augment_dim=augment_dim, **kw)
+    x = torch.randn(2, 3, 8, 8)
+    assert net(x, torch.tensor([0.5, 2.0]), torch.tensor([0, 1]) if label_dim else None).shape == x.shape
+
+
+def test_edm_default_sizes_from_the_rules():
+    """The naming rules at EDM's full sizes give the parameter counts of EDM's models (ADM ImageNet-64:
+    295.9 M; DDPM++ CIFAR-10: 55.7 M); the small builds above show the modules follow the same rules."""
+    def count(keys):
+        return sum(math.prod(shape) for key, shape in keys.items() if not key.endswith(("resample_filter", "freqs")))
+
+    assert round(count(expected_keys("DhariwalUNet", 64, label_dim=1000)) / 1e6, 1) == 295.9
+    assert round(count(expected_keys("SongUNet", 32, model_channels=128, channel_mult=[2, 2, 2])) / 1e6, 1) == 55.7
+
+
+def test_weight_init():
+    """EDM's init modes and their use: ADM kaiming_uniform * sqrt(1/3) (zero for conv1/proj/out_conv),
+    DDPM++ xavier_uniform (conv1/proj/aux_conv * 1e-5, qkv * sqrt(0.2)); the meta device draws nothing."""
+    from relaydiff.networks import weight_init
+
     torch.manual_seed(0)
-    net = EDMPrecond(8, 3, label_dim=0, embedding_type=embedding_type, **TINY).eval()
-    x = torch.randn(3, 3, 8, 8)
-    assert net(x, torch.full((3,), 2.0)).shape == x.shape
-    # c_skip -> 1 and c_out -> 0 as sigma -> 0: D(x; sigma) -> x (EDM Table 1).
-    torch.testing.assert_close(net(x, 1e-6), x, atol=1e-5, rtol=0)
+    fan_in, fan_out = 300, 200
+    bounds = {"xavier_uniform": math.sqrt(6 / (fan_in + fan_out)), "kaiming_uniform": math.sqrt(3 / fan_in)}
+    stds = {"xavier_normal": math.sqrt(2 / (fan_in + fan_out)), "kaiming_normal": math.sqrt(1 / fan_in)}
+    for mode, bound in bounds.items():
+        w = weight_init([400, 300], mode, fan_in, fan_out)
+        assert 0.99 * bound < w.abs().max() <= bound and abs(w.std() / (bound / math.sqrt(3)) - 1) < 0.02
+    for mode, std in stds.items():
+        assert abs(weight_init([400, 300], mode, fan_in, fan_out).std() / std - 1) < 0.02
+    with pytest.raises(ValueError, match="unknown init mode 'he'"):
+        weight_init([2], "he", 1, 1)
+    with torch.device("meta"):
+        assert weight_init([3, 4], "xavier_uniform", 4, 3).is_meta
+
+    adm = DhariwalUNet(8, 3, 3, model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+                       channels_per_head=8)
+    for name, p in adm.named_parameters():
+        if name.startswith(("out_conv", "dec.4x4_in0.proj")) or ".conv1." in name:
+            assert not p.any(), name
+    w = adm.enc["8x8_conv"].weight
+    assert w.abs().max() <= 1 / math.sqrt(27) and adm.enc["8x8_conv"].bias.abs().max() <= 1 / math.sqrt(27)
+    song = SongUNet(8, 3, 3, model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    conv1 = song.enc["8x8_block0"].conv1.weight
+    assert 0 < conv1.abs().max() <= 1e-5 * math.sqrt(6 / (72 + 72))
+    qkv = song.dec["4x4_in0"].qkv.weight
+    assert qkv.abs().max() <= math.sqrt(0.2) * math.sqrt(6 / (16 + 48)) and not song.enc["8x8_conv"].bias.any()
 
 
-def test_zero_init_output_is_c_skip_x():
-    net = EDMPrecond(8, 3, **TINY).eval()
-    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 3.0])
-    c_skip = 0.25 / (sigma**2 + 0.25)
-    torch.testing.assert_close(net(x, sigma), c_skip[:, None, None, None] * x)
+def test_unetblock_options():
+    """adaptive_scale doubles the affine output; resample_proj turns the resampling skip into a 1x1 conv;
+    num_heads overrides channels_per_head; the zero-init conv1/proj make a fresh block the identity plus skip."""
+    for adaptive, proj in itertools.product([True, False], [True, False]):
+        blk = UNetBlock(8, 8, 16, down=True, attention=True, channels_per_head=4, adaptive_scale=adaptive,
+                        resample_proj=proj)
+        want = block_keys("b", 8, 8, 16, down=True, heads=2, adaptive=adaptive, proj=proj)
+        assert {f"b.{k}": tuple(v.shape) for k, v in blk.state_dict().items()} == want
+        assert blk.num_heads == 2
+    assert UNetBlock(8, 16, 4, attention=True, num_heads=4).num_heads == 4
+    assert UNetBlock(8, 16, 4, attention=False, num_heads=4).num_heads == 0
+    x, emb = torch.randn(2, 8, 4, 4), torch.randn(2, 4)
+    torch.testing.assert_close(UNetBlock(8, 8, 4, attention=True, num_heads=2)(x, emb), x)
 
 
-def test_class_labels_int_or_onehot_and_dropout():
+# ------------------------------------------------------------------ independent functional forward
+
+
+def _filter(taps):
+    f = torch.tensor(taps, dtype=torch.float64)
+    return torch.outer(f, f) / f.sum() ** 2
+
+
+def _down(x, taps):
+    if list(taps) == [1, 1]:
+        return F.avg_pool2d(x, 2)
+    c, f = x.shape[1], _filter(taps).to(x.dtype)
+    pad = (len(taps) - 1) // 2
+    return F.conv2d(F.pad(x, [pad] * 4), f.expand(c, 1, *f.shape), stride=2, groups=c)
+
+
+def _up(x, taps):
+    if list(taps) == [1, 1]:
+        return F.interpolate(x, scale_factor=2, mode="nearest")
+    # Zero insertion, then the filter (times 4 to keep the mean), cropped like a transposed conv.
+    n, c, h, w = x.shape
+    z = x.new_zeros(n, c, 2 * h, 2 * w)
+    z[:, :, ::2, ::2] = x
+    k, pad = len(taps), (len(taps) - 1) // 2
+    f = 4 * _filter(taps).to(x.dtype)
+    z = F.pad(z, [k - 1 - pad, k - 2 - pad] * 2)
+    return F.conv2d(z, f.expand(c, 1, *f.shape), groups=c)
+
+
+def functional_unet(sd, model_type, x, noise_labels, class_labels, res, augment_labels=None, **kw):
+    """Forward of the U-Net (without the preconditioning) from its state_dict with F.* only."""
+    sd = {k[len("model."):]: v.double() for k, v in sd.items() if k.startswith("model.")}
+    x, noise_labels = x.double(), noise_labels.double()
+    song = model_type == "SongUNet"
+    taps = kw.get("resample_filter", [1, 1]) if song else [1, 1]
+    eps, skip_scale = (1e-6, math.sqrt(0.5)) if song else (1e-5, 1.0)
+
+    def lin(v, p):
+        return F.linear(v, sd[f"{p}.weight"], sd.get(f"{p}.bias"))
+
+    def gn(v, p, e=eps):
+        return F.group_norm(v, min(32, v.shape[1] // 4), sd[f"{p}.weight"], sd[f"{p}.bias"], e)
+
+    def conv(v, p, up=False, down=False, fused=False):
+        w, b = sd.get(f"{p}.weight"), sd.get(f"{p}.bias")
+        if fused:  # conv first (padded by both halves), then the filter's stride-2 decimation
+            v = F.conv2d(v, w, padding=w.shape[-1] // 2 + (len(taps) - 1) // 2)
+            f = _filter(taps)
+            return F.conv2d(v, f.expand(v.shape[1], 1, *f.shape), stride=2, groups=v.shape[1]) + b[:, None, None]
+        v = _up(v, taps) if up else _down(v, taps) if down else v
+        return v if w is None else F.conv2d(v, w, b, padding=w.shape[-1] // 2)
+
+    def block(v, emb, p, cin, cout, heads, up=False, down=False):
+        h = conv(F.silu(gn(v, f"{p}.norm0")), f"{p}.conv0", up, down)
+        params = lin(emb, f"{p}.affine")[:, :, None, None]
+        if song:
+            h = F.silu(gn(h + params, f"{p}.norm1"))
+        else:
+            scale, shift = params[:, :cout], params[:, cout:]
+            h = F.silu(gn(h, f"{p}.norm1") * (1 + scale) + shift)
+        h = conv(h, f"{p}.conv1")
+        v = (h + (conv(v, f"{p}.skip", up, down) if f"{p}.skip.weight" in sd or f"{p}.skip.resample_filter" in sd
+                  else v)) * skip_scale
+        if heads:
+            n, c, hh, ww = v.shape
+            # qkv channels as [heads, channels per head, (q, k, v)]; tokens flattened row-major.
+            qkv = conv(gn(v, f"{p}.norm2"), f"{p}.qkv").reshape(n, heads, c // heads, 3, hh * ww)
+            q, k, val = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
+            att = torch.softmax(torch.einsum("nhcq,nhck->nhqk", q, k) / math.sqrt(c // heads), dim=-1)
+            a = torch.einsum("nhqk,nhck->nhcq", att, val).reshape(n, c, hh, ww)
+            v = (conv(a, f"{p}.proj") + v) * skip_scale
+        return v
+
+    mc = kw.get("model_channels")
+    # Noise embedding.
+    if song and kw.get("embedding_type", "positional") == "fourier":
+        arg = noise_labels[:, None] * (2 * math.pi * sd["map_noise.freqs"])[None]
+        emb = torch.cat([arg.sin(), arg.cos()], dim=1)  # SongUNet swaps the halves to [sin, cos]
+    else:
+        half = mc * kw.get("channel_mult_noise", 1) // 2 if song else mc // 2
+        freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float64) / (half - (1 if song else 0)))
+        arg = noise_labels[:, None] * freqs[None]
+        emb = torch.cat([arg.sin(), arg.cos()] if song else [arg.cos(), arg.sin()], dim=1)
+    if song:
+        if class_labels is not None:
+            emb = emb + lin(class_labels.double() * math.sqrt(class_labels.shape[1]), "map_label")
+        if augment_labels is not None:
+            emb = emb + lin(augment_labels.double(), "map_augment")
+        emb = F.silu(lin(F.silu(lin(emb, "map_layer0")), "map_layer1"))
+        layout = song_layout(res, x.shape[1], x.shape[1], mc=mc, **kw)
+    else:
+        if augment_labels is not None:
+            emb = emb + lin(augment_labels.double(), "map_augment")
+        emb = lin(F.silu(lin(emb, "map_layer0")), "map_layer1")
+        if class_labels is not None:
+            emb = emb + lin(class_labels.double(), "map_label")
+        emb = F.silu(emb)
+        layout, _ = adm_layout(res, x.shape[1], x.shape[1], mc=mc, **kw)
+
+    skips, aux = [], x
+    for _, name, kind, info in [e for e in layout if e[0] == "enc"]:
+        p = f"enc.{name}"
+        if name.endswith("aux_down"):
+            aux = conv(aux, p, down=True)
+        elif name.endswith("aux_skip"):
+            x = skips[-1] = x + conv(aux, p)
+        elif name.endswith("aux_residual"):
+            x = skips[-1] = aux = (x + conv(aux, p, fused=True)) / math.sqrt(2)
+        else:
+            x = conv(x, p) if kind == "conv" else block(x, emb, p, **info)
+            skips.append(x)
+    out = tmp = None
+    for _, name, _, info in [e for e in layout if e[0] == "dec"]:
+        p = f"dec.{name}"
+        if name.endswith("aux_up"):
+            out = conv(out, p, up=True)
+        elif name.endswith("aux_norm"):
+            tmp = gn(x, p, 1e-6)
+        elif name.endswith("aux_conv"):
+            tmp = conv(F.silu(tmp), p)
+            out = tmp if out is None else tmp + out
+        else:
+            if x.shape[1] != info["cin"]:
+                x = torch.cat([x, skips.pop()], dim=1)
+            x = block(x, emb, p, **info)
+    if song:
+        return out
+    return conv(F.silu(gn(x, "out_norm")), "out_conv")
+
+
+def _randomize(net, seed):
+    """Random weights everywhere (the zero-init layers too), so every path reaches the output."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(p[0].numel(), 1)) if p.dim() > 1 else 0.3))
+            if name.endswith("norm0.weight") or name.endswith("norm1.weight") or name.endswith("norm2.weight"):
+                p.add_(1)
+    return net
+
+
+FUNCTIONAL_CASES = {
+    "adm": ("DhariwalUNet", dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
+                                 channels_per_head=4, label_dim=3, augment_dim=2)),
+    "ddpmpp": ("SongUNet", dict(ARCH_PRESETS["ddpmpp"], model_channels=8, channel_mult=[1, 2], num_blocks=1,
+                                attn_resolutions=[4], label_dim=3, augment_dim=2)),
+    "ncsnpp": ("SongUNet", dict(ARCH_PRESETS["ncsnpp"], model_channels=8, channel_mult=[1, 2, 2], num_blocks=1,
+                                attn_resolutions=[4], decoder_type="skip", label_dim=0)),
+    "skip-encoder": ("SongUNet", dict(ARCH_PRESETS["ddpmpp"], model_channels=8, channel_mult=[1, 2], num_blocks=2,
+                                      attn_resolutions=[8], encoder_type="skip", resample_filter=[1, 3, 3, 1])),
+}
+
+
+@pytest.mark.parametrize("case", list(FUNCTIONAL_CASES))
+def test_functional_forward_agrees(case):
+    model_type, kw = FUNCTIONAL_CASES[case]
+    kw = {k: v for k, v in kw.items() if k != "model_type"}
+    label_dim, augment_dim = kw.pop("label_dim", 0), kw.pop("augment_dim", 0)
+    net = EDMPrecond(8, 3, label_dim=label_dim, augment_dim=augment_dim, model_type=model_type, dropout=0, **kw)
+    net = _randomize(net, 0).eval().double()
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
+    noise = torch.tensor([-1.3, 0.7], dtype=torch.float64)
+    labels = F.one_hot(torch.tensor([2, 0]), label_dim).double() if label_dim else None
+    aug = torch.randn(2, augment_dim, generator=g, dtype=torch.float64) if augment_dim else None
+    with torch.no_grad():
+        have = net.model(x, noise, labels, augment_labels=aug)
+    want = functional_unet(net.state_dict(), model_type, x, noise, labels, 8, augment_labels=aug, **kw)
+    assert have.shape == (2, 3, 8, 8) and want.abs().max() > 0.1
+    # The modules compute attention weights in float32 (AttentionOp), the rest in float64.
+    torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
+
+
+def test_functional_forward_is_sensitive():
+    """test_functional_forward_agrees would notice a wrong GroupNorm eps or head layout: each changes the
+    output by far more than its tolerance (1e-5 of the largest output)."""
+    net = _randomize(EDMPrecond(8, 3, model_type="SongUNet", model_channels=8, channel_mult=[1], num_blocks=1,
+                                attn_resolutions=[8], dropout=0), 0).eval().double()
+    with torch.no_grad():
+        net.model.enc["8x8_conv"].bias.zero_()  # with a small input the first GroupNorm sees a variance near eps
+    x = 1e-3 * torch.randn(1, 3, 8, 8, dtype=torch.float64)
+    noise = torch.tensor([0.3], dtype=torch.float64)
+    with torch.no_grad():
+        base = net.model(x, noise, None)
+        for blk in (m for m in net.modules() if isinstance(m, GroupNorm)):
+            blk.eps = 1e-5
+        wrong_eps = net.model(x, noise, None)
+    assert (base - wrong_eps).abs().max() > 1e-3 * base.abs().max()
+    adm = _randomize(EDMPrecond(8, 3, model_type="DhariwalUNet", model_channels=8, channel_mult=[1], num_blocks=1,
+                                attn_resolutions=[8], channels_per_head=4), 0).eval().double()
+    with torch.no_grad():
+        two_heads = adm.model(x * 1e3, noise, None)
+        for m in adm.modules():
+            if isinstance(m, UNetBlock) and m.num_heads:
+                m.num_heads = 1
+        one_head = adm.model(x * 1e3, noise, None)
+    assert (two_heads - one_head).abs().max() > 1e-3 * two_heads.abs().max()
+
+
+def test_attention_op_gradient():
+    q, k = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True), torch.randn(2, 4, 6, dtype=torch.float64,
+                                                                                       requires_grad=True)
+    w = AttentionOp.apply(q, k)
+    ref = torch.softmax(torch.einsum("ncq,nck->nqk", q, k) / 2, dim=2)
+    torch.testing.assert_close(w, ref.float().double(), rtol=1e-6, atol=1e-7)
+    g = torch.randn_like(w)
+    dq, dk = torch.autograd.grad((w * g).sum(), (q, k))
+    rq, rk = torch.autograd.grad((ref * g).sum(), (q, k))
+    torch.testing.assert_close(dq, rq, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(dk, rk, rtol=1e-5, atol=1e-6)
+
+
+def test_eff_attn_matches_attention_op():
+    """RDM's eff_attn option: the same attention through a fused kernel."""
+    a = _randomize(UNetBlock(16, 16, 4, attention=True, num_heads=2), 0).eval()
+    b = UNetBlock(16, 16, 4, attention=True, num_heads=2, eff_attn=True).eval()
+    b.load_state_dict(a.state_dict())
+    x, emb = torch.randn(2, 16, 4, 4), torch.randn(2, 4)
+    torch.testing.assert_close(a(x, emb), b(x, emb), rtol=1e-5, atol=1e-5)
+
+
+# ------------------------------------------------------------------ preconditioning
+
+
+class _Probe(torch.nn.Module):
+    """Stands in for the U-Net: records its inputs and returns a fixed F(x)."""
+
+    def __init__(self, f_x):
+        super().__init__()
+        self.f_x, self.seen = f_x, {}
+
+    def forward(self, x, noise_labels, class_labels=None, **kw):
+        self.seen = dict(x=x, noise=noise_labels, labels=class_labels, **kw)
+        return self.f_x.to(x.dtype)
+
+
+def test_edm_precond_coefficients():
+    net = EDMPrecond(4, 3, label_dim=2, sigma_data=0.7, model_type="SongUNet", model_channels=8, channel_mult=[1],
+                     num_blocks=1, attn_resolutions=[])
+    f_x = torch.randn(2, 3, 4, 4)
+    net.model = _Probe(f_x)
+    x, sigma = torch.randn(2, 3, 4, 4), torch.tensor([0.1, 5.0])
+    d = net(x, sigma, torch.tensor([1, 0]), augment_labels=torch.ones(2, 9))
+    s = sigma[:, None, None, None]
+    c_skip, c_out, c_in = 0.49 / (s**2 + 0.49), s * 0.7 / (s**2 + 0.49).sqrt(), 1 / (s**2 + 0.49).sqrt()
+    torch.testing.assert_close(d, c_skip * x + c_out * f_x)
+    torch.testing.assert_close(net.model.seen["x"], c_in * x)
+    torch.testing.assert_close(net.model.seen["noise"], sigma.log() / 4)
+    torch.testing.assert_close(net.model.seen["labels"], torch.tensor([[0.0, 1.0], [1.0, 0.0]]))
+    assert net.model.seen["augment_labels"].shape == (2, 9)  # **model_kwargs reach the model
+    net(x, 1.0)  # a Python sigma; no labels: zeros [1, label_dim], as in EDM
+    assert torch.equal(net.model.seen["labels"], torch.zeros(1, 2))
+    assert net.sigma_min == 0 and net.sigma_max == float("inf")
+
+
+def test_vp_ve_precond_coefficients():
+    x, sigma, f_x = torch.randn(2, 3, 4, 4), torch.tensor([0.5, 3.0]), torch.randn(2, 3, 4, 4)
+    s = sigma[:, None, None, None]
+    kw = dict(model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[])
+    vp, ve = VPPrecond(4, 3, **kw), VEPrecond(4, 3, **kw)
+    for net in (vp, ve):
+        net.model = _Probe(f_x)
+    torch.testing.assert_close(vp(x, sigma), x - s * f_x)
+    torch.testing.assert_close(vp.model.seen["x"], x / (s**2 + 1).sqrt())
+    t = vp.sigma_inv(sigma)
+    torch.testing.assert_close(vp.sigma(t), sigma)
+    torch.testing.assert_close(vp.model.seen["noise"], 999 * t)
+    assert math.isclose(vp.sigma_max, math.sqrt(math.exp(0.5 * 19.9 + 0.1) - 1), rel_tol=1e-6)
+    torch.testing.assert_close(ve(x, sigma), x + s * f_x)
+    torch.testing.assert_close(ve.model.seen["noise"], (0.5 * sigma).log())
+    assert (ve.sigma_min, ve.sigma_max) == (0.02, 100)
+
+
+def test_round_sigma():
+    net = EDMPrecond(4, 3, model_type="SongUNet", model_channels=8, channel_mult=[1], num_blocks=1)
+    s = torch.tensor([0.3, 7.0])
+    assert torch.equal(net.round_sigma(s), s) and torch.equal(net.round_sigma(2.5), torch.tensor(2.5))
+    iddpm = iDDPMPrecond(4, 3, model_channels=8, channel_mult=[1], num_blocks=1, attn_resolutions=[], M=50)
+    u = iddpm.u
+    assert u.shape == (51,) and u[50] == 0 and bool((u[:-1] > u[1:]).all())
+    assert iddpm.sigma_min == float(u[49]) and iddpm.sigma_max == float(u[0])
+    probe = torch.stack([u[3] * 1.001, u[10] * 0.999, u[49]])
+    torch.testing.assert_close(iddpm.round_sigma(probe), u[[3, 10, 49]])
+    assert iddpm.round_sigma(probe, return_index=True).tolist() == [3, 10, 49]
+    assert iddpm.model.out_conv.weight.shape[0] == 6  # mean and variance channels
+    assert iddpm(torch.randn(1, 3, 4, 4), torch.tensor([1.0])).shape == (1, 3, 4, 4)
+
+
+def test_use_fp16_runs_float32_on_cpu():
+    """EDM casts to float16 only on CUDA: on the CPU use_fp16 gives exactly the float32 result."""
+    kw = dict(model_type="SongUNet", model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
     torch.manual_seed(0)
-    net = EDMPrecond(8, 3, label_dim=5, label_dropout=1.0, **TINY)
-    for p in net.parameters():  # leave the zero init so labels reach the output
-        torch.nn.init.normal_(p, std=0.1)
+    a = _randomize(EDMPrecond(8, 3, **kw), 1).eval()
+    b = EDMPrecond(8, 3, use_fp16=True, **kw).eval()
+    b.load_state_dict(a.state_dict())
+    x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 2.0])
+    out = b(x, sigma)
+    assert out.dtype == torch.float32 and torch.equal(out, a(x, sigma))
+    assert torch.equal(b(x, sigma, force_fp32=True), out)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_use_fp16_on_cuda():
+    kw = dict(model_type="DhariwalUNet", model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
+    a = _randomize(EDMPrecond(8, 3, **kw), 1).eval().cuda()
+    b = EDMPrecond(8, 3, use_fp16=True, **kw).eval().cuda()
+    b.load_state_dict(a.state_dict())
+    x, sigma = torch.randn(2, 3, 8, 8, device="cuda"), torch.tensor([0.5, 2.0], device="cuda")
+    with torch.no_grad():
+        ref, half = a(x, sigma), b(x, sigma)
+    assert half.dtype == torch.float32 and not torch.equal(half, ref)
+    torch.testing.assert_close(half, ref, rtol=2e-2, atol=2e-2 * ref.abs().max().item())
+
+
+def test_class_labels_dropout():
+    torch.manual_seed(0)
+    net = _randomize(EDMPrecond(8, 3, label_dim=5, label_dropout=1.0, model_type="DhariwalUNet", model_channels=8,
+                                channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], channels_per_head=8), 0)
     net.eval()
-    x, sigma = torch.randn(2, 3, 8, 8), torch.ones(2)
-    labels = torch.tensor([1, 4])
+    x, sigma, labels = torch.randn(2, 3, 8, 8), torch.ones(2), torch.tensor([1, 4])
     a = net(x, sigma, labels)
-    torch.testing.assert_close(a, net(x, sigma, torch.nn.functional.one_hot(labels, 5).float()))
     assert not torch.allclose(a, net(x, sigma, torch.tensor([2, 0])))
     net.train()  # label_dropout=1: every label dropped -> the unconditional model
     torch.testing.assert_close(net(x, sigma, labels), net(x, sigma, None))
 
 
-def test_build_network_roundtrip_json():
-    spec = {"class_name": "EDMPrecond",
-            "kwargs": dict(img_resolution=8, img_channels=3, label_dim=2, model_channels=8,
-                           channel_mult=[1, 2], attn_resolutions=[4])}
-    spec = json.loads(json.dumps(spec))
+# ------------------------------------------------------------------ build_network and old configs
+
+
+@pytest.mark.parametrize("class_name", ["EDMPrecond", "VPPrecond", "VEPrecond"])
+@pytest.mark.parametrize("arch", sorted(ARCH_PRESETS))
+def test_build_network_json_roundtrip(class_name, arch):
+    kwargs = dict(img_resolution=8, img_channels=3, label_dim=2, **ARCH_PRESETS[arch], model_channels=8,
+                  channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], dropout=0.0)
+    if arch == "adm":
+        kwargs["channels_per_head"] = 8
+    spec = json.loads(json.dumps({"class_name": class_name, "kwargs": kwargs}))
     torch.manual_seed(0)
-    a = build_network(spec)
-    b = build_network(spec)
+    a = _randomize(build_network(spec), 0).eval()
+    torch.manual_seed(1)
+    b = build_network(spec).eval()
+    assert type(a).__name__ == class_name and type(a.model).__name__ == kwargs["model_type"]
     b.load_state_dict(a.state_dict())
     x = torch.randn(2, 3, 8, 8)
-    torch.testing.assert_close(a(x, torch.ones(2)), b(x, torch.ones(2)))
-    with pytest.raises(ValueError, match="unknown network class"):
-        build_network({"class_name": "Nope", "kwargs": {}})
+    torch.testing.assert_close(a(x, torch.ones(2), torch.tensor([0, 1])), b(x, torch.ones(2), torch.tensor([0, 1])))
+
+
+def test_build_network_errors():
+    with pytest.raises(ValueError, match="unknown network class 'Nope'"):
+        build_network({"class_name": "Nope", "kwargs": {"model_type": "SongUNet"}})
+    with pytest.raises(ValueError, match="model_type must be one of"):
+        build_network({"class_name": "EDMPrecond", "kwargs": dict(img_resolution=8, img_channels=3,
+                                                                  model_type="UNet")})
+    with pytest.raises(ValueError, match="encoder_type must be one of"):
+        build_network({"kwargs": dict(img_resolution=8, img_channels=3, model_type="SongUNet", encoder_type="x")})
+    with pytest.raises(ValueError, match="GroupNorm: 18 channels"):
+        build_network({"kwargs": dict(img_resolution=8, img_channels=3, model_type="SongUNet", model_channels=18)})
+
+
+OLD_SPEC = {"class_name": "EDMPrecond", "kwargs": dict(
+    img_resolution=8, img_channels=3, label_dim=0, sigma_data=0.5, model_channels=8, channel_mult=[1, 2],
+    num_blocks=1, attn_resolutions=[4], dropout=0.0, label_dropout=0.0, embedding_type="positional")}
+OLD_KEYS = ["model.map_layer0.weight", "model.conv_in.weight", "model.enc.0.conv0.weight", "model.mid.0.norm0.weight",
+            "model.conv_out.weight"]
+
+
+def test_old_relaydiff_network_refused(tmp_path):
+    message = "network family changed to EDM's.*must be retrained"
+    with pytest.raises(ValueError, match=message):
+        build_network(OLD_SPEC)
+    with pytest.raises(ValueError, match=message):
+        build_network({"class_name": "EDMPrecond", "kwargs": {**OLD_SPEC["kwargs"], "model_type": "SongUNet",
+                                                              "num_heads": 2}})
+    # Old weights under a new-looking config, and a whole old run through load_network.
+    new_spec = {"class_name": "EDMPrecond", "kwargs": {**OLD_SPEC["kwargs"], "model_type": "SongUNet"}}
+    old_sd = {key: torch.zeros(1) for key in OLD_KEYS}
+    with pytest.raises(ValueError, match="here: .*" + message):
+        checkpoint.build_checked(new_spec, old_sd, "here")
+    stage = dict(stage=1, resolution=8, img_channels=3, label_dim=0, k=4, network=OLD_SPEC,
+                 loss={"class_name": "EDMLoss", "kwargs": {}})
+    checkpoint.save_checkpoint(str(tmp_path), 10, {"train": {}, "k": 4, "stages": {"1": stage}},
+                               {"1": {"net": old_sd, "ema": old_sd, "optimizer": {}}})
+    with pytest.raises(ValueError, match="stage 1: .*" + message):
+        checkpoint.load_network(str(tmp_path), stage=1)
+
+
+def test_build_checked_names_the_field():
+    spec = {"class_name": "EDMPrecond", "kwargs": {**OLD_SPEC["kwargs"], "model_type": "DhariwalUNet",
+                                                   "channels_per_head": 8}}
+    sd = build_network(spec).state_dict()
+    net = checkpoint.build_checked(spec, sd, "here")
+    assert _shapes(net) == _shapes(build_network(spec))
+    wider = {**spec, "kwargs": {**spec["kwargs"], "model_channels": 12, "channels_per_head": 4}}
+    message = r"model_channels does not match.*model\.enc\.8x8_conv\.weight is \[8, 3, 3, 3\]"
+    with pytest.raises(ValueError, match=message):
+        checkpoint.build_checked(wider, sd, "here")
+    with pytest.raises(ValueError, match="missing"):
+        checkpoint.build_checked({**spec, "kwargs": {**spec["kwargs"], "model_type": "SongUNet"}}, sd, "here")
+
+
+def test_resuming_an_old_run_is_refused(tmp_path):
+    from relaydiff.training_loop import training_loop
+
+    stage = dict(stage=1, resolution=2, img_channels=3, label_dim=8, k=4, network=OLD_SPEC,
+                 loss={"class_name": "EDMLoss", "kwargs": {}})
+    old_sd = {key: torch.zeros(1) for key in OLD_KEYS}
+    checkpoint.save_checkpoint(str(tmp_path), 5, {"train": {}, "k": 4, "stages": {"1": stage}},
+                               {"1": {"net": old_sd, "ema": old_sd, "optimizer": {}}})
+    with pytest.raises(ValueError, match="checkpoint.pt stage 1: .*network family changed to EDM's"):
+        training_loop(outdir=str(tmp_path), resume=True, resolution=8, stage="1", channels=8, channel_mult1="1",
+                      progress=False)

@@ -426,6 +426,7 @@ def _write_tiny_run(run, label_dim=3):
                 img_resolution=res,
                 img_channels=3,
                 label_dim=label_dim,
+                model_type="SongUNet",
                 model_channels=8,
                 channel_mult=[1],
                 attn_resolutions=[],
@@ -617,8 +618,8 @@ def _rewrite_config(run, stage, **kwargs):
 
 
 @pytest.mark.parametrize("field, value, message", [
-    ("model_channels", 9, r"network\.kwargs\.model_channels does not match the saved weights: "
-                          r"model\.conv_in\.weight is \[8, 3, 3, 3\] in the checkpoint but \[9, 3, 3, 3\]"),
+    ("model_channels", 12, r"network\.kwargs\.model_channels does not match the saved weights: "
+                           r"model\.enc\.16x16_conv\.weight is \[8, 3, 3, 3\] in the checkpoint but \[12, 3, 3, 3\]"),
     ("label_dim", 5, "label_dim"),
     ("num_blocks", 2, "missing"),
     ("model_channels", 10**9, r"network\.kwargs\.model_channels must be an int in \[1, 8192\]"),
