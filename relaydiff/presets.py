@@ -20,12 +20,12 @@ PRESETS = {
             sigma_max=80.0,  # edm_sampler(sigma_max=80); --sigma_max_first unset
             rho=7.0,  # --rho_first default
             # No churn: this script has no --S_churn option and edm_sampler's S_churn defaults to 0.
-            # Its edm_sampler instead adds noise g = sde_scale * t_next (--sde_scale_first 0.05) at
-            # each Euler and Heun update, which these keys cannot express (see relaydiff/sample.py).
             S_churn=0.0,
             S_min=0.0,
             S_max=float("inf"),
             S_noise=1.0,
+            # Its edm_sampler instead adds noise g = sde_scale * t_next at each Euler and Heun update.
+            sde_scale=0.05,  # --sde_scale_first default
         ),
         "stage2": dict(
             num_steps=150,  # --num_steps_second default

@@ -94,6 +94,9 @@ def parse_args(argv=None):
                    help="stage-1 churn up to this noise level; default the preset's, else inf")
     p.add_argument("--S-noise", dest="S_noise", type=cli.positive_float, default=None,
                    help="stage-1 churn noise inflation; default the preset's, else 1")
+    p.add_argument("--sde-scale", dest="sde_scale", type=cli.nonnegative_float, default=None,
+                   help="stage-1 noise g = sde_scale * t_next added at each Euler and Heun update (the released "
+                        "CelebA-HQ edm_sampler's --sde_scale_first, below 1); default the preset's, else 0")
     p.add_argument(
         "--class",
         dest="class_idx",
@@ -212,7 +215,8 @@ def check_low_res(size: int, net, cfg: dict, what: str) -> None:
         )
 
 
-STAGE1_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
+STAGE1_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise",
+               "sde_scale")
 
 
 def sampler_settings(args, stage_cfgs) -> tuple[dict | None, list[dict], list[float]]:
@@ -231,7 +235,7 @@ def sampler_settings(args, stage_cfgs) -> tuple[dict | None, list[dict], list[fl
     for i, cfg in enumerate(stage_cfgs):
         if not is_relay[i]:
             kw = dict(pre["stage1"]) if pre else dict(num_steps=18)
-            for key in ("S_churn", "S_min", "S_max", "S_noise"):
+            for key in ("S_churn", "S_min", "S_max", "S_noise", "sde_scale"):
                 if getattr(args, key) is not None:
                     kw[key] = getattr(args, key)
         else:

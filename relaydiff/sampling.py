@@ -184,7 +184,7 @@ def _check_sigmas(sigmas, x: torch.Tensor) -> int:
 
 @torch.no_grad()
 def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *, s_churn=0.0, s_tmin=0.0,
-               s_tmax=float("inf"), s_noise=1.0, noise_sampler=None, seeds=0, offset=0):
+               s_tmax=float("inf"), s_noise=1.0, sde_scale=0.0, noise_sampler=None, seeds=0, offset=0):
     """EDM's stochastic Heun sampler. x is the noise-scaled latent, as in k-diffusion
     (x = latents * sigmas[0]); computed in float64 as EDM's generate.py does, returned in x's dtype.
 
@@ -194,12 +194,28 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
     edm_sampler calls randn_like (so a torch.Generator stream stays in step); by default image b's
     Philox stream seeds[b] at counters offset + (i + 1) N (latents_from_seeds(seeds, ..., offset)
     takes counters offset .. offset + N - 1), drawn only where gamma_i > 0.
+
+    sde_scale > 0 is the released CelebA-HQ stage-1 sampler (THUDM/RelayDiffusion generate_celebahq.py
+    edm_sampler, --sde_scale_first 0.05): with g = sde_scale t_{i+1}, the Euler update and its Heun
+    correction move x_hat by (sqrt(t_{i+1}^2 - g^2) - t_hat) times the slope and add g eps, with fresh
+    eps each (noise_sampler called twice more per step, as the released randn_like order: the
+    correction's draw only where there is a correction); by default from counters
+    offset + (M + 1 + 2 i) N and offset + (M + 2 + 2 i) N. At sde_scale = 0 this is Algorithm 2.
     Network evaluations: 2 M - 1 for M steps.
     """
     extra_args = {} if extra_args is None else extra_args
     n_steps = _check_sigmas(sigmas, x)
+    if not 0.0 <= sde_scale < 1.0:  # g < t_next keeps sqrt(t_next^2 - g^2) real and the step forward
+        raise ValueError(f"sde_scale must be in [0, 1), got {sde_scale}")
     batch, device, out_dtype = x.shape[0], x.device, x.dtype
     n_elem = math.prod(x.shape[1:])
+
+    def sde_noise(i, j):  # the released sampler's j-th extra draw of step i (j = 0 Euler, 1 Heun)
+        if noise_sampler is not None:
+            return noise_sampler(sigmas[i], sigmas[i + 1]).to(torch.float64)
+        counter = offset + (n_steps + 1 + 2 * i + j) * n_elem
+        return rk.randn(tuple(x.shape), seeds, counter).to(torch.float64)
+
     if noise_sampler is None:
         seeds = as_seeds(seeds, batch, device)
     round_sigma = getattr(model, "round_sigma", None)
@@ -229,14 +245,21 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
         # Euler step.
         denoised = model(x_hat, sig_dev[i, 0], **extra_args).to(x_cur.dtype)
         d_cur = (x_hat - denoised) / t_hat_l[i]
-        x_next = x_hat + (t_next - t_hat_l[i]) * d_cur
+        # The step along the slope: t_next - t_hat (sqrt(t_next^2) = t_next exactly at sde_scale 0).
+        g = sde_scale * t_next
+        h = math.sqrt(t_next**2 - g**2) - t_hat_l[i]
+        x_next = x_hat + h * d_cur
+        if g > 0 or (sde_scale > 0 and noise_sampler is not None):
+            x_next = x_next + g * sde_noise(i, 0)
         if callback is not None:
             callback(dict(x=x_cur, i=i, sigma=sig_scalar[i, 0], sigma_hat=sig_scalar[i, 1], denoised=denoised))
         # Second-order correction (none at the last step, t_next = 0).
         if i < n_steps - 1:
             denoised = model(x_next, sig_dev[i, 1], **extra_args).to(x_cur.dtype)
             d_prime = (x_next - denoised) / t_next
-            x_next = x_hat + (t_next - t_hat_l[i]) * (0.5 * d_cur + 0.5 * d_prime)
+            x_next = x_hat + h * (0.5 * d_cur + 0.5 * d_prime)
+            if g > 0:
+                x_next = x_next + g * sde_noise(i, 1)
     return x_next.to(out_dtype)
 
 
@@ -371,7 +394,7 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
 # --------------------------------------------------------------------------------------------
 # Cascades.
 
-_STAGE1_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise")
+_STAGE1_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise", "sde_scale")
 _RELAY_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "truncation_sigma", "k", "s_noise", "s_block",
                "blur_sigma_max", "prob_length", "min_scale", "up_scale")
 
@@ -389,7 +412,7 @@ def _stage1(net, latents, labels, cfg, kw, seeds, callback, disable):
     sigmas = get_sigmas_karras(kw.pop("num_steps", 18), kw.pop("sigma_min", 0.002), kw.pop("sigma_max", 80.0),
                                kw.pop("rho", 7.0), net=net)
     churn = dict(s_churn=kw.pop("S_churn", 0.0), s_tmin=kw.pop("S_min", 0.0), s_tmax=kw.pop("S_max", float("inf")),
-                 s_noise=kw.pop("S_noise", 1.0))
+                 s_noise=kw.pop("S_noise", 1.0), sde_scale=kw.pop("sde_scale", 0.0))
     x = latents.to(torch.float64) * sigmas[0]
     extra = None if labels is None else {"class_labels": labels}
     out = sample_edm(CFGDenoiser(net, cfg), x, sigmas, extra, callback, disable, seeds=seeds, offset=0, **churn)
@@ -424,7 +447,8 @@ def sample_cascade(
 
     stage1_net may be None when x_low (the low-resolution images) is given. stage1_kwargs keys:
     num_steps, sigma_min, sigma_max, rho (the schedule, clamped to the net's range), S_churn, S_min,
-    S_max, S_noise (EDM's churn). relay_kwargs keys: num_steps, sigma_min, sigma_max, rho,
+    S_max, S_noise (EDM's churn), sde_scale (the released CelebA-HQ stage-1 noise). relay_kwargs keys:
+    num_steps, sigma_min, sigma_max, rho,
     truncation_sigma (the schedule), k, s_noise, s_block, blur_sigma_max, prob_length, min_scale,
     up_scale; one dict for every relay stage or a list with one per stage. cfg_scale is one number or
     one per stage (stage 1 first); guidance applies where it is > 1 (CFGDenoiser). Returns

@@ -47,8 +47,10 @@ def net():
 
 def relay_reference(net, x_low, num_steps, seeds, offset, relay_kw):
     """sample_relay's images: the one call to update when sample_relay's signature changes."""
-    return sampling.sample_relay(net, x_low, num_steps=num_steps, seeds=seeds, offset=offset, disable=True,
-                                 **relay_kw)
+    kw = dict(relay_kw)
+    schedule = {n: kw.pop(n) for n in ("sigma_min", "sigma_max", "rho", "truncation_sigma") if n in kw}
+    sigmas = sampling.get_sigmas_relay(num_steps, **schedule)
+    return sampling.sample_relay(net, x_low, sigmas, disable=True, seeds=seeds, offset=offset, **kw)
 
 
 def per_call_sigmas(scheduler):

@@ -134,6 +134,25 @@ def released_edm_sampler(net, latents, labels, randn_like, num_steps, sigma_min,
     return x
 
 
+def released_celebahq_edm_sampler(net, latents, randn_like, num_steps, sigma_min, sigma_max, rho, sde_scale):
+    """generate_celebahq.py's edm_sampler (no churn): three randn_like per step, g = sde_scale t_next."""
+    t = karras(num_steps, max(sigma_min, net.sigma_min), min(sigma_max, net.sigma_max), rho)
+    t = torch.cat([net.round_sigma(t), torch.zeros(1, dtype=torch.float64)])
+    x = latents.to(torch.float64) * t[0]
+    for i in range(num_steps):
+        t_cur, t_next = t[i], t[i + 1]
+        t_hat = net.round_sigma(t_cur)
+        x_hat = x + (t_hat**2 - t_cur**2).sqrt() * randn_like(x)
+        d = (x_hat - net(x_hat, t_hat).to(torch.float64)) / t_hat
+        g = sde_scale * t_next
+        a = ((t_next**2 - g**2) / t_hat**2) ** 0.5
+        x = x_hat + (a - 1) * t_hat * d + g * randn_like(x)
+        if i < num_steps - 1:
+            d_prime = (x - net(x, t_next).to(torch.float64)) / t_next
+            x = x_hat + (a - 1) * t_hat * (d + d_prime) / 2 + g * randn_like(x)
+    return x
+
+
 class PerSeedGenerator:
     """One torch.Generator per image, as the released StackedRandomGenerator."""
 
@@ -232,6 +251,29 @@ def test_sample_edm_then_relay_reproduce_released_two_stage_generation():
         {"class_labels": labels}, disable=True,
         noise_sampler=sampling.randn_like_sampler(rnd.randn_like, torch.empty(3, 3, 16, 16, dtype=torch.float64)))
     torch.testing.assert_close(ours, released, rtol=0, atol=1e-6)
+
+
+def test_sample_edm_sde_scale_reproduces_released_celebahq_stage1():
+    """--preset celebahq-256's stage 1: sde_scale noise at each update, drawn in the released order."""
+    net = TinyDenoiser(4, seed=3, sigma_min=0.002, sigma_max=80.0)
+    s1 = dict(num_steps=12, sigma_min=0.002, sigma_max=80.0, rho=7.0)
+    rnd = PerSeedGenerator(SEEDS)
+    released = released_celebahq_edm_sampler(net, rnd.randn((3, 3, 4, 4)), rnd.randn_like, sde_scale=0.05, **s1)
+    rnd = PerSeedGenerator(SEEDS)
+    latents = rnd.randn((3, 3, 4, 4))
+    sigmas = sampling.get_sigmas_karras(**s1, net=net)
+    like = torch.empty(3, 3, 4, 4, dtype=torch.float64)
+    ours = sampling.sample_edm(net, latents.to(torch.float64) * sigmas[0], sigmas, disable=True, sde_scale=0.05,
+                               noise_sampler=sampling.randn_like_sampler(rnd.randn_like, like))
+    torch.testing.assert_close(ours, released, rtol=0, atol=1e-6)
+    # The noise matters (a different sde_scale moves the result), and the Philox default draws it too.
+    plain = sampling.sample_edm(net, latents.to(torch.float64) * sigmas[0], sigmas, disable=True)
+    assert (plain - ours).abs().max() > 1e-3
+    a = sampling.sample_edm(net, latents.to(torch.float64) * sigmas[0], sigmas, disable=True, sde_scale=0.05, seeds=1)
+    b = sampling.sample_edm(net, latents.to(torch.float64) * sigmas[0], sigmas, disable=True, sde_scale=0.05, seeds=2)
+    assert (a - b).abs().max() > 1e-3 and (a - plain).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="sde_scale"):
+        sampling.sample_edm(net, latents.to(torch.float64) * sigmas[0], sigmas, disable=True, sde_scale=1.5)
 
 
 def test_sigmas_clamped_and_rounded_to_the_net():
