@@ -109,6 +109,10 @@ def parse_args(argv=None):
                    "(released generate.py); default the preset's, else random")
     p.add_argument("--seeds", type=parse_int_list, default=None,
                    help="e.g. 0-63 or 1,5,9-12; default the preset's, else 0-63")
+    p.add_argument("--noise", choices=("philox", "torch"), default="philox",
+                   help="philox: relaydiff's per-image streams (the same image on every device and batch); "
+                        "torch: the released generate scripts' streams (one torch.Generator per seed), so a seed "
+                        "gives the released script's image on the same device")
     p.add_argument("--batch", type=cli.positive_int, default=16, help="images per batch (per rank)")
     p.add_argument("--outdir", required=True, help="where to write the PNGs")
     p.add_argument(
@@ -391,6 +395,7 @@ def generate(args) -> list[str]:
             relay_kwargs=r_kwargs,
             device=device,
             disable=True,
+            noise=args.noise,
         )
         final = to_uint8(outs[-1])
         for s, img in zip(batch_seeds, final, strict=False):

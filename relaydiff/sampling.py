@@ -105,6 +105,25 @@ def relay_noise(seeds, shape, block_size, s_block, offset=0, device="cpu", dtype
     return (e + s_block * e_block).to(dtype)
 
 
+class PerSeedGenerator:
+    """One torch.Generator per image, seeded with seed mod 2^32, as the released generate.py's
+    StackedRandomGenerator: `randn(shape)` stacks one draw of shape[1:] per generator."""
+
+    def __init__(self, seeds, device="cpu"):
+        seeds = torch.as_tensor(seeds, dtype=torch.int64).reshape(-1).tolist()
+        self.device = torch.device(device)
+        self.generators = [torch.Generator(self.device).manual_seed(s % (1 << 32)) for s in seeds]
+
+    def randn(self, shape, dtype=torch.float32):
+        if shape[0] != len(self.generators):
+            raise ValueError(f"{len(self.generators)} generators for a batch of {shape[0]}")
+        return torch.stack([torch.randn(tuple(shape[1:]), generator=g, dtype=dtype, device=self.device)
+                            for g in self.generators])
+
+    def randn_like(self, x):
+        return self.randn(x.shape, x.dtype)
+
+
 def randn_like_sampler(randn_like, like: torch.Tensor):
     """A noise_sampler that calls randn_like(like) for every normal, as the released generate.py
     passes `randn_like=rnd.randn_like` (a StackedRandomGenerator: one torch.Generator per seed)."""
@@ -407,7 +426,7 @@ def _split_kwargs(kwargs, allowed, what):
     return kwargs
 
 
-def _stage1(net, latents, labels, cfg, kw, seeds, callback, disable):
+def _stage1(net, latents, labels, cfg, kw, seeds, callback, disable, rnd=None):
     kw = _split_kwargs(kw, _STAGE1_KEYS, "stage1_kwargs")
     sigmas = get_sigmas_karras(kw.pop("num_steps", 18), kw.pop("sigma_min", 0.002), kw.pop("sigma_max", 80.0),
                                kw.pop("rho", 7.0), net=net)
@@ -415,17 +434,25 @@ def _stage1(net, latents, labels, cfg, kw, seeds, callback, disable):
                  s_noise=kw.pop("S_noise", 1.0), sde_scale=kw.pop("sde_scale", 0.0))
     x = latents.to(torch.float64) * sigmas[0]
     extra = None if labels is None else {"class_labels": labels}
-    out = sample_edm(CFGDenoiser(net, cfg), x, sigmas, extra, callback, disable, seeds=seeds, offset=0, **churn)
-    return out.to(latents.dtype)
+    noise = None if rnd is None else randn_like_sampler(rnd.randn_like, x)
+    out = sample_edm(CFGDenoiser(net, cfg), x, sigmas, extra, callback, disable, seeds=seeds, offset=0,
+                     noise_sampler=noise, **churn)
+    # The released code hands stage 1's float64 result on to stage 2 as it is.
+    return out if rnd is not None else out.to(latents.dtype)
 
 
-def _relay_stage(net, x, labels, cfg, kw, seeds, offset, callback, disable):
+def _relay_stage(net, x, labels, cfg, kw, seeds, offset, callback, disable, rnd=None):
     kw = _split_kwargs(kw, _RELAY_KEYS, "relay_kwargs")
     sigmas = get_sigmas_relay(kw.pop("num_steps", 40), kw.pop("sigma_min", 0.008), kw.pop("sigma_max", 80.0),
                               kw.pop("rho", 7.0), kw.pop("truncation_sigma", 0.9), net=net)
     extra = None if labels is None else {"class_labels": labels}
+    noise = None
+    if rnd is not None:  # the released blur_sampler runs in float64 and draws its noise in float64
+        x = x.to(torch.float64)
+        up = _up_scale(net, x, kw.get("up_scale"))
+        noise = randn_like_sampler(rnd.randn_like, x.new_empty(*x.shape[:2], x.shape[2] * up, x.shape[3] * up))
     return sample_relay(CFGDenoiser(net, cfg), x, sigmas.to(x.device), extra, callback, disable, seeds=seeds,
-                        offset=offset, **kw)
+                        offset=offset, noise_sampler=noise, **kw)
 
 
 @torch.no_grad()
@@ -442,6 +469,7 @@ def sample_cascade(
     device="cpu",
     callback=None,
     disable=None,
+    noise="philox",
 ):
     """Stage 1 (EDM) then each relay net in turn (e.g. 64 -> 256 -> 1024), on sample_edm and sample_relay.
 
@@ -456,7 +484,15 @@ def sample_cascade(
     callback receives the sampler's dict plus `stage` (1 = the first relay stage, 0 = stage 1).
     Stage 1 draws latents at counters 0 .. N-1 and churn after them; relay stage j from counters
     (j + 1) * STAGE_STRIDE on.
+
+    noise="torch" draws instead as the released THUDM/RelayDiffusion generate scripts do, so a seed
+    gives the released script's image: one torch.Generator per seed on `device` (PerSeedGenerator),
+    the latents first, then every normal of each stage in the released order (noise_sampler), stages
+    computed and handed on in float64. Those streams depend on the device and the batch's seeds only
+    through each image's own generator.
     """
+    if noise not in ("philox", "torch"):
+        raise ValueError(f"noise must be 'philox' or 'torch', not {noise!r}")
     relay_nets = list(relay_nets)
     n_stages = len(relay_nets) + (stage1_net is not None)
     if (stage1_net is None) == (x_low is None):
@@ -478,18 +514,22 @@ def sample_cascade(
     # Stage numbering (and so the noise streams) is the same whether or not stage 1 runs here, so
     # refining saved stage-1 images reproduces the cascade's relay noise.
     outputs, nfe = [], []
+    rnd = PerSeedGenerator(seeds, device) if noise == "torch" else None
     if stage1_net is not None:
         net = CountCalls(stage1_net)
         shape = (net.img_channels, net.img_resolution, net.img_resolution)
-        latents = latents_from_seeds(seeds, shape, 0, device)
-        x_low = _stage1(net, latents, class_labels, cfgs[0], stage1_kwargs, seeds, stage_cb(0), disable)
+        if rnd is None:
+            latents = latents_from_seeds(seeds, shape, 0, device)
+        else:
+            latents = rnd.randn((seeds.numel(), *shape))
+        x_low = _stage1(net, latents, class_labels, cfgs[0], stage1_kwargs, seeds, stage_cb(0), disable, rnd)
         outputs.append(x_low)
         nfe.append(net.nfe)
     x = x_low
     for j, relay_net in enumerate(relay_nets):
         net = CountCalls(relay_net)
         x = _relay_stage(net, x, class_labels, cfgs[len(outputs)], relay_kwargs[j], seeds, (j + 1) * STAGE_STRIDE,
-                         stage_cb(j + 1), disable)
+                         stage_cb(j + 1), disable, rnd)
         outputs.append(x)
         nfe.append(net.nfe)
     return outputs, nfe

@@ -251,6 +251,15 @@ def test_sample_edm_then_relay_reproduce_released_two_stage_generation():
         {"class_labels": labels}, disable=True,
         noise_sampler=sampling.randn_like_sampler(rnd.randn_like, torch.empty(3, 3, 16, 16, dtype=torch.float64)))
     torch.testing.assert_close(ours, released, rtol=0, atol=1e-6)
+    # The same through sample_cascade(noise="torch") (what `relaydiff.sample --noise torch` runs).
+    outs, _ = sampling.sample_cascade(
+        net1, [net2], seeds=SEEDS, class_labels=labels, cfg_scale=2.0, noise="torch", disable=True,
+        stage1_kwargs=dict(**s1, **churn), relay_kwargs=dict(s2))
+    torch.testing.assert_close(outs[0], low, rtol=0, atol=1e-6)
+    torch.testing.assert_close(outs[1], released, rtol=0, atol=1e-6)
+    philox, _ = sampling.sample_cascade(net1, [net2], seeds=SEEDS, class_labels=labels, cfg_scale=2.0,
+                                        disable=True, stage1_kwargs=dict(**s1, **churn), relay_kwargs=dict(s2))
+    assert (philox[1].double() - released).abs().max() > 1e-2
 
 
 def test_sample_edm_sde_scale_reproduces_released_celebahq_stage1():
