@@ -12,7 +12,7 @@ first call's state kept in between, timesteps after the first listed twice):
     x = scheduler.prepare_latents(x_low, seeds=seeds)       # upsample + t_0 n (relay start)
     for t in scheduler.timesteps:
         model_input = scheduler.scale_model_input(x, t)     # c_in x
-        model_output = unet(model_input, t.expand(len(x)))  # F(c_in x; c_noise)
+        model_output = unet(model_input, t.expand(len(x)), None)  # F(c_in x; c_noise), no labels
         x = scheduler.step(model_output, t, x).prev_sample
 
 With a relaydiff `EDMPrecond` net this loop on `net.model` gives bit for bit the images of

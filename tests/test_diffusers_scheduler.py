@@ -36,12 +36,15 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def net():
-    """A tiny EDM-preconditioned U-Net; its zero-initialized output conv is randomized so F matters."""
+    """A tiny EDM-preconditioned U-Net; its zero-initialized convs (EDM's init_zero: each block's
+    conv1, the output conv) are randomized so F matters."""
     torch.manual_seed(0)
-    net = EDMPrecond(8, 3, model_channels=8, channel_mult=(1,), attn_resolutions=()).eval()
+    net = EDMPrecond(8, 3, model_channels=8, channel_mult=(1,), num_blocks=1, attn_resolutions=()).eval()
     with torch.no_grad():
-        for p in net.model.conv_out.parameters():
-            p.normal_(0.0, 0.3)
+        for name, p in net.model.named_parameters():
+            if name.startswith("out_conv") or ".conv1." in name:
+                p.normal_(0.0, 0.3)
+    assert net(torch.randn(1, 3, 8, 8), torch.ones(1)).abs().max() > 0
     return net
 
 
@@ -81,7 +84,7 @@ def test_epsilon_loop_matches_sample_relay_bitwise(net, relay_kw):
 
     # "epsilon": the scheduler applies EDM's preconditioning around the raw U-Net F(c_in x; c_noise).
     def raw_unet(model_input, t, x, i):
-        return net.model(model_input, t.expand(x.shape[0]))
+        return net.model(model_input, t.expand(x.shape[0]), None)
 
     got, final_den = diffusers_loop(scheduler, raw_unet, x_low, num_steps, seeds, offset)
     listed = len(scheduler.sigmas) - 1  # M steps below truncation_sigma, then 0
@@ -118,7 +121,7 @@ def test_default_seeds_without_prepare_latents(net):
     x = x + scheduler.init_noise_sigma * sampling.relay_noise(torch.arange(2), tuple(x.shape[1:]), 4, 0.15, 0)
     with torch.no_grad():
         for t in scheduler.timesteps:
-            x = scheduler.step(net.model(scheduler.scale_model_input(x, t), t.expand(2)), t, x).prev_sample
+            x = scheduler.step(net.model(scheduler.scale_model_input(x, t), t.expand(2), None), t, x).prev_sample
     assert torch.equal(x, expected)
 
 
@@ -127,7 +130,7 @@ def test_generator_noise(net):
     scheduler = RelayEDMScheduler(up_scale=2)
 
     def raw_unet(model_input, t, x, i):
-        return net.model(model_input, t.expand(x.shape[0]))
+        return net.model(model_input, t.expand(x.shape[0]), None)
 
     runs = [diffusers_loop(scheduler, raw_unet, x_low, 12, 0, 0, torch.Generator().manual_seed(s))[0]
             for s in (4, 4, 5)]
