@@ -697,3 +697,19 @@ def test_resuming_an_old_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="checkpoint.pt stage 1: .*network family changed to EDM's"):
         training_loop(outdir=str(tmp_path), resume=True, resolution=8, stage="1", channels=8, channel_mult1="1",
                       progress=False)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_PRESETS))
+def test_training_builds_each_arch(tmp_path, arch):
+    """--arch: EDM's preset, scaled down by the size options, trains a step and saves its kwargs."""
+    from relaydiff.training_loop import training_loop
+
+    out = training_loop(outdir=str(tmp_path), arch=arch, resolution=8, k=4, steps=1, batch=4, channels=8,
+                        channel_mult1="1", channel_mult2="1,2", attn_res="4", preview_steps=2, progress=False)
+    net = checkpoint.load_network(str(tmp_path), stage=2)[1]["network"]
+    kwargs = net["kwargs"]
+    assert {k: kwargs[k] for k in ARCH_PRESETS[arch]} == ARCH_PRESETS[arch]
+    assert (kwargs["model_channels"], kwargs["channel_mult"], kwargs["attn_resolutions"]) == (8, [1, 2], [4])
+    assert type(out["nets"]["2"].model).__name__ == ARCH_PRESETS[arch]["model_type"]
+    if arch == "adm":  # narrow blocks still attend: heads of channels_per_head = --channels
+        assert out["nets"]["2"].model.dec["4x4_in0"].num_heads == 2
