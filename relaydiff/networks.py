@@ -35,7 +35,7 @@ from .layers import (
 
 __all__ = ["weight_init", "Linear", "Conv2d", "GroupNorm", "AttentionOp", "UNetBlock", "PositionalEmbedding",
            "FourierEmbedding", "SongUNet", "DhariwalUNet", "VPPrecond", "VEPrecond", "iDDPMPrecond", "EDMPrecond",
-           "MODEL_TYPES", "ARCH_PRESETS", "PRECONDS", "build_network", "OLD_FAMILY_MESSAGE"]
+           "MODEL_TYPES", "ARCH_PRESETS", "PRECONDS", "build_network", "check_network_family", "OLD_FAMILY_MESSAGE"]
 
 
 def _drop_labels(class_labels, label_dropout, training, batch, device):

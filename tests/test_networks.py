@@ -1,10 +1,8 @@
 """relaydiff.networks: EDM's U-Nets and preconditioners.
 
-The expected state_dict keys and shapes are derived here from the naming rules of docs/NETWORKS.md
-(`song_layout`, `adm_layout`, `expected_keys`), and an independent forward written with
-torch.nn.functional alone (`functional_unet`) must agree with the modules from the same weights:
-that pins the skip scales, GroupNorm groups and eps, the attention head layout, the embeddings and
-the resampling filters.
+The expected state_dict keys and shapes come from the naming rules of docs/NETWORKS.md, written out
+in tests/network_rules.py (never read from the modules); tests/test_network_forward.py checks the
+numerics against an independent functional forward.
 """
 
 import itertools
@@ -13,10 +11,10 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
+from network_rules import block_keys, expected_keys, one_thread, randomize  # noqa: F401 (one_thread: autouse fixture)
 
 from relaydiff import checkpoint
-from relaydiff.layers import AttentionOp, GroupNorm, UNetBlock
+from relaydiff.layers import UNetBlock
 from relaydiff.networks import (
     ARCH_PRESETS,
     DhariwalUNet,
@@ -27,149 +25,6 @@ from relaydiff.networks import (
     build_network,
     iDDPMPrecond,
 )
-
-# ------------------------------------------------------------------ naming rules (docs/NETWORKS.md)
-
-
-def song_layout(res, cin, cout_img, mc=128, channel_mult=(1, 2, 2, 2), num_blocks=4, attn_resolutions=(16,),
-                encoder_type="standard", decoder_type="standard", **_):
-    """[(section, name, kind, info)] in forward order for SongUNet."""
-    out, skips, c, caux = [], [], cin, cin
-    for level, mult in enumerate(channel_mult):
-        r = res >> level
-        if level == 0:
-            out.append(("enc", f"{r}x{r}_conv", "conv", dict(cin=c, cout=mc, k=3)))
-            c = mc
-            skips.append(c)
-        else:
-            out.append(("enc", f"{r}x{r}_down", "block", dict(cin=c, cout=c, down=True, heads=0)))
-            skips.append(c)
-            if encoder_type == "skip":
-                out.append(("enc", f"{r}x{r}_aux_down", "conv", dict(cin=caux, cout=caux, k=0, down=True)))
-                out.append(("enc", f"{r}x{r}_aux_skip", "conv", dict(cin=caux, cout=c, k=1)))
-            if encoder_type == "residual":
-                out.append(("enc", f"{r}x{r}_aux_residual", "conv", dict(cin=caux, cout=c, k=3, down=True,
-                                                                         fused=True)))
-                caux = c
-        for i in range(num_blocks):
-            out.append(("enc", f"{r}x{r}_block{i}", "block", dict(cin=c, cout=mc * mult,
-                                                                  heads=int(r in attn_resolutions))))
-            c = mc * mult
-            skips.append(c)
-    for level, mult in reversed(list(enumerate(channel_mult))):
-        r = res >> level
-        if level == len(channel_mult) - 1:
-            out.append(("dec", f"{r}x{r}_in0", "block", dict(cin=c, cout=c, heads=1)))
-            out.append(("dec", f"{r}x{r}_in1", "block", dict(cin=c, cout=c, heads=0)))
-        else:
-            out.append(("dec", f"{r}x{r}_up", "block", dict(cin=c, cout=c, up=True, heads=0)))
-        for i in range(num_blocks + 1):
-            heads = int(i == num_blocks and r in attn_resolutions)
-            out.append(("dec", f"{r}x{r}_block{i}", "block", dict(cin=c + skips.pop(), cout=mc * mult, heads=heads)))
-            c = mc * mult
-        if decoder_type == "skip" or level == 0:
-            if decoder_type == "skip" and level < len(channel_mult) - 1:
-                out.append(("dec", f"{r}x{r}_aux_up", "conv", dict(cin=cout_img, cout=cout_img, k=0, up=True)))
-            out.append(("dec", f"{r}x{r}_aux_norm", "norm", dict(c=c)))
-            out.append(("dec", f"{r}x{r}_aux_conv", "conv", dict(cin=c, cout=cout_img, k=3)))
-    return out
-
-
-def adm_layout(res, cin, cout_img, mc=192, channel_mult=(1, 2, 3, 4), num_blocks=3, attn_resolutions=(32, 16, 8),
-               channels_per_head=64, **_):
-    out, skips, c = [], [], cin
-    for level, mult in enumerate(channel_mult):
-        r = res >> level
-        if level == 0:
-            out.append(("enc", f"{r}x{r}_conv", "conv", dict(cin=c, cout=mc * mult, k=3)))
-            c = mc * mult
-        else:
-            out.append(("enc", f"{r}x{r}_down", "block", dict(cin=c, cout=c, down=True, heads=0)))
-        skips.append(c)
-        for i in range(num_blocks):
-            heads = (mc * mult) // channels_per_head if r in attn_resolutions else 0
-            out.append(("enc", f"{r}x{r}_block{i}", "block", dict(cin=c, cout=mc * mult, heads=heads)))
-            c = mc * mult
-            skips.append(c)
-    for level, mult in reversed(list(enumerate(channel_mult))):
-        r = res >> level
-        if level == len(channel_mult) - 1:
-            out.append(("dec", f"{r}x{r}_in0", "block", dict(cin=c, cout=c, heads=c // channels_per_head)))
-            out.append(("dec", f"{r}x{r}_in1", "block", dict(cin=c, cout=c, heads=0)))
-        else:
-            out.append(("dec", f"{r}x{r}_up", "block", dict(cin=c, cout=c, up=True, heads=0)))
-        for i in range(num_blocks + 1):
-            heads = (mc * mult) // channels_per_head if r in attn_resolutions else 0
-            out.append(("dec", f"{r}x{r}_block{i}", "block", dict(cin=c + skips.pop(), cout=mc * mult, heads=heads)))
-            c = mc * mult
-    return out, c
-
-
-def conv_keys(p, cin, cout, k, up=False, down=False, taps=2, bias=True, **_):
-    keys = {}
-    if k:
-        keys[f"{p}.weight"] = (cout, cin, k, k)
-        if bias:
-            keys[f"{p}.bias"] = (cout,)
-    if up or down:
-        keys[f"{p}.resample_filter"] = (1, 1, taps, taps)
-    return keys
-
-
-def block_keys(p, cin, cout, emb, up=False, down=False, heads=0, adaptive=False, proj=False, taps=2):
-    keys = {f"{p}.norm0.weight": (cin,), f"{p}.norm0.bias": (cin,),
-            f"{p}.affine.weight": (cout * (2 if adaptive else 1), emb), f"{p}.affine.bias": (cout * (2 if adaptive
-                                                                                                     else 1),),
-            f"{p}.norm1.weight": (cout,), f"{p}.norm1.bias": (cout,)}
-    keys.update(conv_keys(f"{p}.conv0", cin, cout, 3, up=up, down=down, taps=taps))
-    keys.update(conv_keys(f"{p}.conv1", cout, cout, 3))
-    if cin != cout or up or down:
-        keys.update(conv_keys(f"{p}.skip", cin, cout, 1 if proj or cin != cout else 0, up=up, down=down, taps=taps))
-    if heads:
-        keys.update({f"{p}.norm2.weight": (cout,), f"{p}.norm2.bias": (cout,)})
-        keys.update(conv_keys(f"{p}.qkv", cout, cout * 3, 1))
-        keys.update(conv_keys(f"{p}.proj", cout, cout, 1))
-    return keys
-
-
-def expected_keys(model_type, res, img_channels=3, label_dim=0, augment_dim=0, **kw):
-    """{key: shape} of EDMPrecond(res, img_channels, label_dim, model_type=..., **kw).state_dict()."""
-    mc = kw.get("model_channels", 128 if model_type == "SongUNet" else 192)
-    emb = mc * kw.get("channel_mult_emb", 4)
-    keys = {}
-    if model_type == "SongUNet":
-        noise = mc * kw.get("channel_mult_noise", 1)
-        taps = len(kw.get("resample_filter", (1, 1)))
-        if kw.get("embedding_type", "positional") == "fourier":
-            keys["model.map_noise.freqs"] = (noise // 2,)
-        if label_dim:
-            keys.update({"model.map_label.weight": (noise, label_dim), "model.map_label.bias": (noise,)})
-        if augment_dim:
-            keys["model.map_augment.weight"] = (noise, augment_dim)
-        keys.update({"model.map_layer0.weight": (emb, noise), "model.map_layer0.bias": (emb,),
-                     "model.map_layer1.weight": (emb, emb), "model.map_layer1.bias": (emb,)})
-        for sec, name, kind, info in song_layout(res, img_channels, img_channels, mc=mc, **kw):
-            p = f"model.{sec}.{name}"
-            if kind == "conv":
-                keys.update(conv_keys(p, taps=taps, **info))
-            elif kind == "norm":
-                keys.update({f"{p}.weight": (info["c"],), f"{p}.bias": (info["c"],)})
-            else:
-                keys.update(block_keys(p, emb=emb, proj=True, taps=taps, **info))
-    else:
-        if augment_dim:
-            keys["model.map_augment.weight"] = (mc, augment_dim)
-        keys.update({"model.map_layer0.weight": (emb, mc), "model.map_layer0.bias": (emb,),
-                     "model.map_layer1.weight": (emb, emb), "model.map_layer1.bias": (emb,)})
-        if label_dim:
-            keys["model.map_label.weight"] = (emb, label_dim)
-        layout, c = adm_layout(res, img_channels, img_channels, mc=mc, **kw)
-        for sec, name, kind, info in layout:
-            p = f"model.{sec}.{name}"
-            keys.update(conv_keys(p, **info) if kind == "conv" else block_keys(p, emb=emb, adaptive=True, **info))
-        keys.update({"model.out_norm.weight": (c,), "model.out_norm.bias": (c,)})
-        keys.update(conv_keys("model.out_conv", c, img_channels, 3))
-    return keys
 
 
 def _shapes(net):
@@ -273,227 +128,6 @@ def test_unetblock_options():
     torch.testing.assert_close(UNetBlock(8, 8, 4, attention=True, num_heads=2)(x, emb), x)
 
 
-# ------------------------------------------------------------------ independent functional forward
-
-
-def _filter(taps):
-    f = torch.tensor(taps, dtype=torch.float64)
-    return torch.outer(f, f) / f.sum() ** 2
-
-
-def _down(x, taps):
-    if list(taps) == [1, 1]:
-        return F.avg_pool2d(x, 2)
-    c, f = x.shape[1], _filter(taps).to(x.dtype)
-    pad = (len(taps) - 1) // 2
-    return F.conv2d(F.pad(x, [pad] * 4), f.expand(c, 1, *f.shape), stride=2, groups=c)
-
-
-def _up(x, taps):
-    if list(taps) == [1, 1]:
-        return F.interpolate(x, scale_factor=2, mode="nearest")
-    # Zero insertion, then the filter (times 4 to keep the mean), cropped like a transposed conv.
-    n, c, h, w = x.shape
-    z = x.new_zeros(n, c, 2 * h, 2 * w)
-    z[:, :, ::2, ::2] = x
-    k, pad = len(taps), (len(taps) - 1) // 2
-    f = 4 * _filter(taps).to(x.dtype)
-    z = F.pad(z, [k - 1 - pad, k - 2 - pad] * 2)
-    return F.conv2d(z, f.expand(c, 1, *f.shape), groups=c)
-
-
-def functional_unet(sd, model_type, x, noise_labels, class_labels, res, augment_labels=None, **kw):
-    """Forward of the U-Net (without the preconditioning) from its state_dict with F.* only."""
-    sd = {k[len("model."):]: v.double() for k, v in sd.items() if k.startswith("model.")}
-    x, noise_labels = x.double(), noise_labels.double()
-    song = model_type == "SongUNet"
-    taps = kw.get("resample_filter", [1, 1]) if song else [1, 1]
-    eps, skip_scale = (1e-6, math.sqrt(0.5)) if song else (1e-5, 1.0)
-
-    def lin(v, p):
-        return F.linear(v, sd[f"{p}.weight"], sd.get(f"{p}.bias"))
-
-    def gn(v, p, e=eps):
-        return F.group_norm(v, min(32, v.shape[1] // 4), sd[f"{p}.weight"], sd[f"{p}.bias"], e)
-
-    def conv(v, p, up=False, down=False, fused=False):
-        w, b = sd.get(f"{p}.weight"), sd.get(f"{p}.bias")
-        if fused:  # conv first (padded by both halves), then the filter's stride-2 decimation
-            v = F.conv2d(v, w, padding=w.shape[-1] // 2 + (len(taps) - 1) // 2)
-            f = _filter(taps)
-            return F.conv2d(v, f.expand(v.shape[1], 1, *f.shape), stride=2, groups=v.shape[1]) + b[:, None, None]
-        v = _up(v, taps) if up else _down(v, taps) if down else v
-        return v if w is None else F.conv2d(v, w, b, padding=w.shape[-1] // 2)
-
-    def block(v, emb, p, cin, cout, heads, up=False, down=False):
-        h = conv(F.silu(gn(v, f"{p}.norm0")), f"{p}.conv0", up, down)
-        params = lin(emb, f"{p}.affine")[:, :, None, None]
-        if song:
-            h = F.silu(gn(h + params, f"{p}.norm1"))
-        else:
-            scale, shift = params[:, :cout], params[:, cout:]
-            h = F.silu(gn(h, f"{p}.norm1") * (1 + scale) + shift)
-        h = conv(h, f"{p}.conv1")
-        v = (h + (conv(v, f"{p}.skip", up, down) if f"{p}.skip.weight" in sd or f"{p}.skip.resample_filter" in sd
-                  else v)) * skip_scale
-        if heads:
-            n, c, hh, ww = v.shape
-            # qkv channels as [heads, channels per head, (q, k, v)]; tokens flattened row-major.
-            qkv = conv(gn(v, f"{p}.norm2"), f"{p}.qkv").reshape(n, heads, c // heads, 3, hh * ww)
-            q, k, val = qkv[:, :, :, 0], qkv[:, :, :, 1], qkv[:, :, :, 2]
-            att = torch.softmax(torch.einsum("nhcq,nhck->nhqk", q, k) / math.sqrt(c // heads), dim=-1)
-            a = torch.einsum("nhqk,nhck->nhcq", att, val).reshape(n, c, hh, ww)
-            v = (conv(a, f"{p}.proj") + v) * skip_scale
-        return v
-
-    mc = kw.get("model_channels")
-    # Noise embedding.
-    if song and kw.get("embedding_type", "positional") == "fourier":
-        arg = noise_labels[:, None] * (2 * math.pi * sd["map_noise.freqs"])[None]
-        emb = torch.cat([arg.sin(), arg.cos()], dim=1)  # SongUNet swaps the halves to [sin, cos]
-    else:
-        half = mc * kw.get("channel_mult_noise", 1) // 2 if song else mc // 2
-        freqs = (1 / 10000) ** (torch.arange(half, dtype=torch.float64) / (half - (1 if song else 0)))
-        arg = noise_labels[:, None] * freqs[None]
-        emb = torch.cat([arg.sin(), arg.cos()] if song else [arg.cos(), arg.sin()], dim=1)
-    if song:
-        if class_labels is not None:
-            emb = emb + lin(class_labels.double() * math.sqrt(class_labels.shape[1]), "map_label")
-        if augment_labels is not None:
-            emb = emb + lin(augment_labels.double(), "map_augment")
-        emb = F.silu(lin(F.silu(lin(emb, "map_layer0")), "map_layer1"))
-        layout = song_layout(res, x.shape[1], x.shape[1], mc=mc, **kw)
-    else:
-        if augment_labels is not None:
-            emb = emb + lin(augment_labels.double(), "map_augment")
-        emb = lin(F.silu(lin(emb, "map_layer0")), "map_layer1")
-        if class_labels is not None:
-            emb = emb + lin(class_labels.double(), "map_label")
-        emb = F.silu(emb)
-        layout, _ = adm_layout(res, x.shape[1], x.shape[1], mc=mc, **kw)
-
-    skips, aux = [], x
-    for _, name, kind, info in [e for e in layout if e[0] == "enc"]:
-        p = f"enc.{name}"
-        if name.endswith("aux_down"):
-            aux = conv(aux, p, down=True)
-        elif name.endswith("aux_skip"):
-            x = skips[-1] = x + conv(aux, p)
-        elif name.endswith("aux_residual"):
-            x = skips[-1] = aux = (x + conv(aux, p, fused=True)) / math.sqrt(2)
-        else:
-            x = conv(x, p) if kind == "conv" else block(x, emb, p, **info)
-            skips.append(x)
-    out = tmp = None
-    for _, name, _, info in [e for e in layout if e[0] == "dec"]:
-        p = f"dec.{name}"
-        if name.endswith("aux_up"):
-            out = conv(out, p, up=True)
-        elif name.endswith("aux_norm"):
-            tmp = gn(x, p, 1e-6)
-        elif name.endswith("aux_conv"):
-            tmp = conv(F.silu(tmp), p)
-            out = tmp if out is None else tmp + out
-        else:
-            if x.shape[1] != info["cin"]:
-                x = torch.cat([x, skips.pop()], dim=1)
-            x = block(x, emb, p, **info)
-    if song:
-        return out
-    return conv(F.silu(gn(x, "out_norm")), "out_conv")
-
-
-def _randomize(net, seed):
-    """Random weights everywhere (the zero-init layers too), so every path reaches the output."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=g) * (0.5 / math.sqrt(max(p[0].numel(), 1)) if p.dim() > 1 else 0.3))
-            if name.endswith("norm0.weight") or name.endswith("norm1.weight") or name.endswith("norm2.weight"):
-                p.add_(1)
-    return net
-
-
-FUNCTIONAL_CASES = {
-    "adm": ("DhariwalUNet", dict(model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4],
-                                 channels_per_head=4, label_dim=3, augment_dim=2)),
-    "ddpmpp": ("SongUNet", dict(ARCH_PRESETS["ddpmpp"], model_channels=8, channel_mult=[1, 2], num_blocks=1,
-                                attn_resolutions=[4], label_dim=3, augment_dim=2)),
-    "ncsnpp": ("SongUNet", dict(ARCH_PRESETS["ncsnpp"], model_channels=8, channel_mult=[1, 2, 2], num_blocks=1,
-                                attn_resolutions=[4], decoder_type="skip", label_dim=0)),
-    "skip-encoder": ("SongUNet", dict(ARCH_PRESETS["ddpmpp"], model_channels=8, channel_mult=[1, 2], num_blocks=2,
-                                      attn_resolutions=[8], encoder_type="skip", resample_filter=[1, 3, 3, 1])),
-}
-
-
-@pytest.mark.parametrize("case", list(FUNCTIONAL_CASES))
-def test_functional_forward_agrees(case):
-    model_type, kw = FUNCTIONAL_CASES[case]
-    kw = {k: v for k, v in kw.items() if k != "model_type"}
-    label_dim, augment_dim = kw.pop("label_dim", 0), kw.pop("augment_dim", 0)
-    net = EDMPrecond(8, 3, label_dim=label_dim, augment_dim=augment_dim, model_type=model_type, dropout=0, **kw)
-    net = _randomize(net, 0).eval().double()
-    g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, 3, 8, 8, generator=g, dtype=torch.float64)
-    noise = torch.tensor([-1.3, 0.7], dtype=torch.float64)
-    labels = F.one_hot(torch.tensor([2, 0]), label_dim).double() if label_dim else None
-    aug = torch.randn(2, augment_dim, generator=g, dtype=torch.float64) if augment_dim else None
-    with torch.no_grad():
-        have = net.model(x, noise, labels, augment_labels=aug)
-    want = functional_unet(net.state_dict(), model_type, x, noise, labels, 8, augment_labels=aug, **kw)
-    assert have.shape == (2, 3, 8, 8) and want.abs().max() > 0.1
-    # The modules compute attention weights in float32 (AttentionOp), the rest in float64.
-    torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-5 * want.abs().max().item())
-
-
-def test_functional_forward_is_sensitive():
-    """test_functional_forward_agrees would notice a wrong GroupNorm eps or head layout: each changes the
-    output by far more than its tolerance (1e-5 of the largest output)."""
-    net = _randomize(EDMPrecond(8, 3, model_type="SongUNet", model_channels=8, channel_mult=[1], num_blocks=1,
-                                attn_resolutions=[8], dropout=0), 0).eval().double()
-    with torch.no_grad():
-        net.model.enc["8x8_conv"].bias.zero_()  # with a small input the first GroupNorm sees a variance near eps
-    x = 1e-3 * torch.randn(1, 3, 8, 8, dtype=torch.float64)
-    noise = torch.tensor([0.3], dtype=torch.float64)
-    with torch.no_grad():
-        base = net.model(x, noise, None)
-        for blk in (m for m in net.modules() if isinstance(m, GroupNorm)):
-            blk.eps = 1e-5
-        wrong_eps = net.model(x, noise, None)
-    assert (base - wrong_eps).abs().max() > 1e-3 * base.abs().max()
-    adm = _randomize(EDMPrecond(8, 3, model_type="DhariwalUNet", model_channels=8, channel_mult=[1], num_blocks=1,
-                                attn_resolutions=[8], channels_per_head=4), 0).eval().double()
-    with torch.no_grad():
-        two_heads = adm.model(x * 1e3, noise, None)
-        for m in adm.modules():
-            if isinstance(m, UNetBlock) and m.num_heads:
-                m.num_heads = 1
-        one_head = adm.model(x * 1e3, noise, None)
-    assert (two_heads - one_head).abs().max() > 1e-3 * two_heads.abs().max()
-
-
-def test_attention_op_gradient():
-    q, k = torch.randn(2, 4, 5, dtype=torch.float64, requires_grad=True), torch.randn(2, 4, 6, dtype=torch.float64,
-                                                                                       requires_grad=True)
-    w = AttentionOp.apply(q, k)
-    ref = torch.softmax(torch.einsum("ncq,nck->nqk", q, k) / 2, dim=2)
-    torch.testing.assert_close(w, ref.float().double(), rtol=1e-6, atol=1e-7)
-    g = torch.randn_like(w)
-    dq, dk = torch.autograd.grad((w * g).sum(), (q, k))
-    rq, rk = torch.autograd.grad((ref * g).sum(), (q, k))
-    torch.testing.assert_close(dq, rq, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(dk, rk, rtol=1e-5, atol=1e-6)
-
-
-def test_eff_attn_matches_attention_op():
-    """RDM's eff_attn option: the same attention through a fused kernel."""
-    a = _randomize(UNetBlock(16, 16, 4, attention=True, num_heads=2), 0).eval()
-    b = UNetBlock(16, 16, 4, attention=True, num_heads=2, eff_attn=True).eval()
-    b.load_state_dict(a.state_dict())
-    x, emb = torch.randn(2, 16, 4, 4), torch.randn(2, 4)
-    torch.testing.assert_close(a(x, emb), b(x, emb), rtol=1e-5, atol=1e-5)
-
-
 # ------------------------------------------------------------------ preconditioning
 
 
@@ -565,7 +199,7 @@ def test_use_fp16_runs_float32_on_cpu():
     """EDM casts to float16 only on CUDA: on the CPU use_fp16 gives exactly the float32 result."""
     kw = dict(model_type="SongUNet", model_channels=8, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
     torch.manual_seed(0)
-    a = _randomize(EDMPrecond(8, 3, **kw), 1).eval()
+    a = randomize(EDMPrecond(8, 3, **kw), 1).eval()
     b = EDMPrecond(8, 3, use_fp16=True, **kw).eval()
     b.load_state_dict(a.state_dict())
     x, sigma = torch.randn(2, 3, 8, 8), torch.tensor([0.5, 2.0])
@@ -578,7 +212,7 @@ def test_use_fp16_runs_float32_on_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_use_fp16_on_cuda():
     kw = dict(model_type="DhariwalUNet", model_channels=64, channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4])
-    a = _randomize(EDMPrecond(8, 3, **kw), 1).eval().cuda()
+    a = randomize(EDMPrecond(8, 3, **kw), 1).eval().cuda()
     b = EDMPrecond(8, 3, use_fp16=True, **kw).eval().cuda()
     b.load_state_dict(a.state_dict())
     x, sigma = torch.randn(2, 3, 8, 8, device="cuda"), torch.tensor([0.5, 2.0], device="cuda")
@@ -590,8 +224,9 @@ def test_use_fp16_on_cuda():
 
 def test_class_labels_dropout():
     torch.manual_seed(0)
-    net = _randomize(EDMPrecond(8, 3, label_dim=5, label_dropout=1.0, model_type="DhariwalUNet", model_channels=8,
-                                channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], channels_per_head=8), 0)
+    net = EDMPrecond(8, 3, label_dim=5, label_dropout=1.0, model_type="DhariwalUNet", model_channels=8,
+                     channel_mult=[1, 2], num_blocks=1, attn_resolutions=[4], channels_per_head=8, dropout=0)
+    net = randomize(net, 0)
     net.eval()
     x, sigma, labels = torch.randn(2, 3, 8, 8), torch.ones(2), torch.tensor([1, 4])
     a = net(x, sigma, labels)
@@ -612,7 +247,7 @@ def test_build_network_json_roundtrip(class_name, arch):
         kwargs["channels_per_head"] = 8
     spec = json.loads(json.dumps({"class_name": class_name, "kwargs": kwargs}))
     torch.manual_seed(0)
-    a = _randomize(build_network(spec), 0).eval()
+    a = randomize(build_network(spec), 0).eval()
     torch.manual_seed(1)
     b = build_network(spec).eval()
     assert type(a).__name__ == class_name and type(a.model).__name__ == kwargs["model_type"]
@@ -661,8 +296,8 @@ def test_old_relaydiff_network_refused(tmp_path):
 
 
 def test_build_checked_names_the_field():
-    spec = {"class_name": "EDMPrecond", "kwargs": {**OLD_SPEC["kwargs"], "model_type": "DhariwalUNet",
-                                                   "channels_per_head": 8}}
+    kwargs = {k: v for k, v in OLD_SPEC["kwargs"].items() if k != "embedding_type"}
+    spec = {"class_name": "EDMPrecond", "kwargs": {**kwargs, "model_type": "DhariwalUNet", "channels_per_head": 8}}
     sd = build_network(spec).state_dict()
     net = checkpoint.build_checked(spec, sd, "here")
     assert _shapes(net) == _shapes(build_network(spec))
@@ -671,7 +306,7 @@ def test_build_checked_names_the_field():
     with pytest.raises(ValueError, match=message):
         checkpoint.build_checked(wider, sd, "here")
     with pytest.raises(ValueError, match="missing"):
-        checkpoint.build_checked({**spec, "kwargs": {**spec["kwargs"], "model_type": "SongUNet"}}, sd, "here")
+        checkpoint.build_checked({**spec, "kwargs": {**kwargs, "model_type": "SongUNet"}}, sd, "here")
 
 
 def test_resuming_an_old_run_is_refused(tmp_path):
@@ -685,3 +320,19 @@ def test_resuming_an_old_run_is_refused(tmp_path):
     with pytest.raises(ValueError, match="checkpoint.pt stage 1: .*network family changed to EDM's"):
         training_loop(outdir=str(tmp_path), resume=True, resolution=8, stage="1", channels=8, channel_mult1="1",
                       progress=False)
+
+
+@pytest.mark.parametrize("arch", sorted(ARCH_PRESETS))
+def test_training_builds_each_arch(tmp_path, arch):
+    """--arch: EDM's preset, scaled down by the size options, trains a step and saves its kwargs."""
+    from relaydiff.training_loop import training_loop
+
+    out = training_loop(outdir=str(tmp_path), arch=arch, resolution=8, k=4, steps=1, batch=4, channels=8,
+                        channel_mult1="1", channel_mult2="1,2", attn_res="4", preview_steps=2, progress=False)
+    net = checkpoint.load_network(str(tmp_path), stage=2)[1]["network"]
+    kwargs = net["kwargs"]
+    assert {k: kwargs[k] for k in ARCH_PRESETS[arch]} == ARCH_PRESETS[arch]
+    assert (kwargs["model_channels"], kwargs["channel_mult"], kwargs["attn_resolutions"]) == (8, [1, 2], [4])
+    assert type(out["nets"]["2"].model).__name__ == ARCH_PRESETS[arch]["model_type"]
+    if arch == "adm":  # narrow blocks still attend: heads of channels_per_head = --channels
+        assert out["nets"]["2"].model.dec["4x4_in0"].num_heads == 2
