@@ -23,7 +23,8 @@ from relaydiff.sampling import get_sigmas_relay, relay_nfe, sample_relay
 
 def check(backend: str, steps: int, atol: float) -> bool:
     torch.manual_seed(0)
-    net = EDMPrecond(32, 3, model_channels=16, channel_mult=(1, 2), attn_resolutions=(16,)).cuda().eval()
+    net = EDMPrecond(32, 3, model_type="SongUNet", model_channels=16, channel_mult=(1, 2), attn_resolutions=(16,))
+    net = net.cuda().eval()
     seeds = torch.arange(4, dtype=torch.int64, device="cuda")
     x_a = torch.randn(4, 3, 16, 16, device="cuda")
     x_b = torch.randn(4, 3, 16, 16, device="cuda")
