@@ -21,6 +21,8 @@ import shlex
 import sys
 import time
 
+import numpy as np
+import PIL.Image
 import torch
 import tqdm
 
@@ -123,7 +125,7 @@ def _to_uint8(x):
 
 
 def _reference(dataset, n):
-    """(reference images, other data images or None): disjoint evenly spaced subsets of the dataset."""
+    """(reference images, other data images or None): disjoint random subsets of the dataset (fixed order)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(12345))
     ref = dataset.batch(order[:n])[0]
     other = dataset.batch(order[n:2 * n])[0] if len(dataset) >= 2 * n else None
@@ -170,7 +172,8 @@ def write_results(args, rows, command, data_row):
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "Lower is better for every metric. The `data` row scores other images of the dataset against "
               "the reference set (the floor at this sample size). Grids: " +
-              ", ".join(f"`grid-{r['method']}.png`" for r in rows), ""]
+              ", ".join(f"`grid-{r['method']}.png`" for r in rows) +
+              "; `grid-all.png` stacks the first row of each: the data, then the methods in the table's order.", ""]
     text = "\n".join(lines)
     ckpt._atomic_write(os.path.join(args.outdir, "results.md"), lambda f: f.write(text.encode()))
     ckpt.save_json(os.path.join(args.outdir, "results.json"),
@@ -231,7 +234,21 @@ def _run(args, command):
                      "train_seconds": sum(s["seconds"] for s in stats), "params": num_params(*nets.values())})
         write_results(args, rows, command, data_row)
     write_results(args, rows, command, data_row)
+    write_overview(args.outdir, [r["method"] for r in rows], args.resolution)
     return rows
+
+
+def write_overview(outdir, methods, resolution):
+    """DIR/grid-all.png: the first row of grid-data.png, then of each method's grid, top to bottom."""
+    tile = resolution * max(1, 96 // resolution)  # _save_grid's displayed tile size
+    strips = []
+    for name in ["data", *methods]:
+        with PIL.Image.open(os.path.join(outdir, f"grid-{name}.png")) as im:
+            strips.append(np.asarray(im.convert("RGB"))[:tile])
+    width = max(s.shape[1] for s in strips)
+    strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips]
+    img = PIL.Image.fromarray(np.concatenate(strips, axis=0))
+    ckpt._atomic_write(os.path.join(outdir, "grid-all.png"), lambda f: img.save(f, format="PNG"))
 
 
 def _run_config(args) -> dict:

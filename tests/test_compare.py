@@ -85,6 +85,8 @@ def test_smoke_end_to_end(tmp_path, capsys):
         with PIL.Image.open(out / f"grid-{row['method']}.png") as im:
             assert im.size[0] > 0
     assert "KID" not in text  # no --inception: no Inception metrics
+    with PIL.Image.open(out / "grid-all.png") as im, PIL.Image.open(out / "grid-data.png") as data:
+        assert im.size == (data.size[0], 96 * (1 + len(METHODS)))  # 16px tiles shown at 96px
     # A rerun with the same options reuses the trained units and finished rows: nothing rewritten.
     stamp = {name: os.stat(out / "units" / f"{name}.pt").st_mtime_ns for name in UNIT_SET}
     assert compare.main(["--smoke", "--outdir", str(out), "--no-progress", "--methods", "relay,single"]) == 0
