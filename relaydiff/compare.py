@@ -50,6 +50,8 @@ def parse_args(argv=None):
     p.add_argument("--low-fraction", type=cli.probability, default=0.5,
                    help="share of a cascade's budget spent on its low-res stage (LowDiff: share of low-res steps)")
     p.add_argument("--nfe", type=cli.positive_int, default=35, help="network evaluations per image to match")
+    p.add_argument("--low-nfe-share", type=cli.probability, default=0.5,
+                   help="share of a cascade's evaluations aimed at its low-res stage")
     p.add_argument("--num-samples", type=cli.positive_int, default=128, help="images generated per method")
     p.add_argument("--sample-batch", type=cli.positive_int, default=64, help="images per sampling batch")
     p.add_argument("--grid", type=cli.positive_int, default=32, help="images in each method's grid")
@@ -153,7 +155,8 @@ def write_results(args, rows, command, data_row):
         f"Machine: {platform.machine()} {platform.system()}, {os.cpu_count()} CPUs, torch "
         f"{torch.__version__}, {torch.get_num_threads()} threads. Budget per method: "
         f"{args.budget_kimg} kimg" + (f", {args.budget_minutes} min" if args.budget_minutes else "") +
-        f" (low-res share {args.low_fraction}); target NFE {args.nfe}; {args.num_samples} samples per method "
+        f" (low-res share {args.low_fraction}); target NFE {args.nfe} (cascades aim {args.low_nfe_share} of it "
+        f"at low res); {args.num_samples} samples per method "
         f"against {args.num_samples} dataset images; {args.resolution}px, k={args.k}.", "",
         head, "|" + "---|" * (head.count("|") - 1),
     ]
@@ -215,7 +218,7 @@ def _run(args, command):
             if name not in units:
                 units[name] = get_unit(name, args, dataset, device)
         nets = {name: units[name][0] for name in UNITS[method]}
-        steps = match_nfe(method, args.nfe, unit_config(args))
+        steps = match_nfe(method, args.nfe, unit_config(args), low_share=args.low_nfe_share)
         images, calls, t0 = [], 0, time.perf_counter()
         for start in range(0, args.num_samples, args.sample_batch):
             seeds = list(range(start, min(start + args.sample_batch, args.num_samples)))
@@ -252,7 +255,7 @@ def write_overview(outdir, methods, resolution):
 
 
 def _run_config(args) -> dict:
-    keys = ("nfe", "num_samples", "cond_sigma", "inception")
+    keys = ("nfe", "low_nfe_share", "num_samples", "cond_sigma", "inception")
     return json.loads(json.dumps({**unit_config(args), **{key: getattr(args, key) for key in keys}}))
 
 

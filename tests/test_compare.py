@@ -34,6 +34,8 @@ def test_match_nfe_is_nearest_and_adds_up(target):
         else:  # a cascade splits the evaluations about evenly between its stages
             assert plan["low_nfe"] >= 1 and abs(plan["low_nfe"] - target / 2) <= 2, (method, plan)
     assert match_nfe("single", 35, CFG)["high_steps"] == 18  # EDM's CIFAR setting: 18 steps, 35 NFE
+    few_low = match_nfe("cdm_trunc", 35, CFG, low_share=0.2)
+    assert few_low["nfe"] == 35 and abs(few_low["low_nfe"] - 7) <= 1
     with pytest.raises(ValueError):
         match_nfe("single", 0, CFG)
 
