@@ -22,16 +22,24 @@ def _level_normal(images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
 
 class EDMLoss:
     """EDM loss (Karras et al. 2022, Eq. 2 and Table 1): ln sigma ~ N(P_mean, P_std^2),
-    weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2."""
+    weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
 
-    def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5):
+    block_scale > 0 mixes block noise into the corruption, n = e + block_scale Block_k(e') (RDM
+    Appendix C.2, "block noise in an end-to-end model"; e' at counters [N, 2N) as RelayLoss).
+    """
+
+    def __init__(self, P_mean=-1.2, P_std=1.2, sigma_data=0.5, block_scale=0.0, k=4):
         self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
+        self.block_scale, self.k = block_scale, k
 
     def __call__(self, net, images, seeds, labels=None):
         rnd = _level_normal(images, seeds)
         sigma = (rnd * self.P_std + self.P_mean).exp().to(torch.float32)
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
-        n = rk.randn(tuple(images.shape), seeds, offset=0).to(images.device, images.dtype)
+        n = rk.randn(tuple(images.shape), seeds, offset=0)
+        if self.block_scale:
+            n = n + self.block_scale * rk.block_noise(tuple(images.shape), self.k, seed=seeds, offset=images[0].numel())
+        n = n.to(images.device, images.dtype)
         denoised = net(images + n * sigma[:, None, None, None], sigma, labels)
         return weight[:, None, None, None] * (denoised - images) ** 2
 
