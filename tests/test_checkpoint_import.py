@@ -349,7 +349,7 @@ def test_presets_resolve_to_the_released_settings():
     assert cfgs == [1.0, 3.5] and rule == "seed-mod" and enhance == {"brightness": 1.06}
     assert args.seeds[0] == 10000 and len(args.seeds) == 50000
     args, s1, (s2,), cfgs, (rule, enhance) = _settings("--preset", "celebahq-256")
-    assert s1["num_steps"] == 120 and s1["S_churn"] == 0.0 and s1["rho"] == 7.0
+    assert s1["num_steps"] == 120 and s1["S_churn"] == 0.0 and s1["rho"] == 7.0 and s1["sde_scale"] == 0.05
     assert (s2["num_steps"], s2["truncation_sigma"], s2["prob_length"], s2["blur_sigma_max"], s2["rho"]) == \
         (150, 0.95, 1.05, 2.0, 7.0)
     assert cfgs == [1.0, 1.0] and enhance == dict(contrast=0.9, brightness=1.05, color=0.99)
@@ -395,3 +395,11 @@ def test_sample_released_files_end_to_end(released, tmp_path, capsys, one_thread
     img = np.asarray(PIL.Image.open(out / "000001.png"))
     assert img.shape == (16, 16, 3) and img.std() > 0
     assert np.asarray(PIL.Image.open(out / "stage1" / "000001.png")).shape == (4, 4, 3)
+    # --noise torch: the released scripts' generator streams, reproducible and not the Philox image.
+    runs = []
+    for name in ("torch_a", "torch_b"):
+        rc = sample.main([str(a) for a in argv[:-3]] + ["--outdir", str(tmp_path / name), "--no-progress",
+                                                         "--noise", "torch"])
+        assert rc == 0, capsys.readouterr().err
+        runs.append(np.asarray(PIL.Image.open(tmp_path / name / "000001.png")))
+    assert np.array_equal(runs[0], runs[1]) and not np.array_equal(runs[0], img)
