@@ -33,6 +33,7 @@ from diffusers.utils import BaseOutput
 
 import relay_kernels as rk
 from relay_kernels import reference
+from relaydiff.networks import edm_coefficients
 from relaydiff.sampling import as_seeds, get_sigmas_relay, relay_noise
 
 PREDICTION_TYPES = ("epsilon", "sample")
@@ -211,7 +212,7 @@ class RelayEDMScheduler(SchedulerMixin, ConfigMixin):
         sample_relay bit for bit); cast it to the model's dtype for a half-precision model.
         """
         sigma = self._sigma32(self._current_sigma(timestep), sample.device)
-        c_in = 1 / (self.config.sigma_data**2 + sigma**2).sqrt()
+        c_in = edm_coefficients(sigma, self.config.sigma_data)[2]
         return c_in * sample.to(torch.float32)
 
     def precondition_outputs(self, sample: torch.Tensor, model_output: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -221,10 +222,7 @@ class RelayEDMScheduler(SchedulerMixin, ConfigMixin):
                              f"{tuple(sample.shape)}")
         if self.config.prediction_type == "sample":
             return model_output.to(sample.dtype)
-        sd = self.config.sigma_data
-        sig = self._sigma32(sigma, sample.device)
-        c_skip = sd**2 / (sig**2 + sd**2)
-        c_out = sig * sd / (sig**2 + sd**2).sqrt()
+        c_skip, c_out, _, _ = edm_coefficients(self._sigma32(sigma, sample.device), self.config.sigma_data)
         return (c_skip * sample.to(torch.float32) + c_out * model_output.to(torch.float32)).to(sample.dtype)
 
     # ----------------------------------------------------------------------------------------

@@ -25,7 +25,8 @@ from torch import nn
 from . import sampling
 from .cdm import augment_condition
 from .loss import EDMLoss
-from .method_nets import Bound, edm_coefficients, make_unet, sigma_rows, upsample
+from .method_nets import Bound, make_unet, sigma_rows, upsample
+from .networks import edm_coefficients
 from .single_stage import heun
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import ARCH_PRESETS, SongUNet
+from .networks import ARCH_PRESETS, SongUNet, edm_coefficients
 
 
 def make_unet(img_resolution, in_channels, out_channels, label_dim=0, model_channels=16, channel_mult=(1, 2, 2),
@@ -31,14 +31,6 @@ def upsample(x: torch.Tensor, resolution: int) -> torch.Tensor:
     if resolution % x.shape[-1]:
         raise ValueError(f"cannot upsample {x.shape[-1]}px to {resolution}px by an integer factor")
     return F.interpolate(x, scale_factor=resolution // x.shape[-1], mode="nearest")
-
-
-def edm_coefficients(sigma: torch.Tensor, sigma_data: float):
-    """(c_skip, c_out, c_in, c_noise) of EDM Table 1 for a [B, 1, 1, 1] sigma (as networks.EDMPrecond)."""
-    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
-    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
-    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
-    return c_skip, c_out, c_in, sigma.log() / 4
 
 
 def sigma_rows(sigma, x: torch.Tensor) -> torch.Tensor:

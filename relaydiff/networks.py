@@ -377,6 +377,15 @@ class iDDPMPrecond(_Precond):  # noqa: N801 (EDM's class name)
         return result.reshape(sigma.shape).to(sigma.device)
 
 
+def edm_coefficients(sigma, sigma_data: float):
+    """(c_skip, c_out, c_in, c_noise) of EDM's preconditioning (Karras et al. 2022, Table 1); the one
+    place the formulas live (EDMPrecond, the comparison's conditional denoisers, the diffusers scheduler)."""
+    c_skip = sigma_data**2 / (sigma**2 + sigma_data**2)
+    c_out = sigma * sigma_data / (sigma**2 + sigma_data**2).sqrt()
+    c_in = 1 / (sigma_data**2 + sigma**2).sqrt()
+    return c_skip, c_out, c_in, sigma.log() / 4
+
+
 class EDMPrecond(_Precond):
     """D(x; sigma) = c_skip x + c_out F(c_in x; c_noise) with EDM's choices (Karras et al. 2022, Table 1):
     c_skip = sd^2 / (sigma^2 + sd^2), c_out = sigma sd / sqrt(sigma^2 + sd^2), c_in = 1 / sqrt(sd^2 +
@@ -394,11 +403,7 @@ class EDMPrecond(_Precond):
 
     def forward(self, x, sigma, class_labels=None, force_fp32=False, **model_kwargs):
         x, sigma, class_labels, dtype = self._inputs(x, sigma, class_labels, force_fp32)
-        sd = self.sigma_data
-        c_skip = sd**2 / (sigma**2 + sd**2)
-        c_out = sigma * sd / (sigma**2 + sd**2).sqrt()
-        c_in = 1 / (sd**2 + sigma**2).sqrt()
-        c_noise = sigma.log() / 4
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma, self.sigma_data)
         f_x = self.model((c_in * x).to(dtype), c_noise.flatten(), class_labels=class_labels, **model_kwargs)
         return self._output(x, f_x, c_skip, c_out, dtype)
 

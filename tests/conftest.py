@@ -92,3 +92,13 @@ def rand_image(shape, dtype, seed=0):
 
 
 __all__ = ["rk", "reference"]
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for tests of tiny networks: on a shared 2-core machine several threads per
+    tiny convolution cost about 10x more. Restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

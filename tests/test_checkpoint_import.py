@@ -24,13 +24,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}
 
 
-@pytest.fixture
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 PERSISTENCE_PY = '''
 """Test stand-in for NVlabs/edm torch_utils/persistence.py: the same pickled form, saving only."""
 import inspect

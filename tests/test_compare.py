@@ -40,15 +40,6 @@ def test_match_nfe_is_nearest_and_adds_up(target):
         match_nfe("single", 0, CFG)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny convolutions are slower on 2 threads than on 1 on a shared machine; restore afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_every_sampler_makes_the_planned_calls(one_thread):
     torch.manual_seed(0)
     units = {name: build_unit(name, CFG)[0].eval() for name in UNIT_SET}
