@@ -101,7 +101,7 @@ def unit_config(args) -> dict:
 
 
 def _save_state(path, state):
-    ckpt._atomic_write(path, lambda f: torch.save(state, f))
+    ckpt.atomic_write(path, lambda f: torch.save(state, f))
 
 
 def get_unit(name, args, dataset, device):
@@ -179,7 +179,7 @@ def write_results(args, rows, command, data_row):
               ", ".join(f"`grid-{r['method']}.png`" for r in rows) +
               "; `grid-all.png` stacks the first row of each: the data, then the methods in the table's order.", ""]
     text = "\n".join(lines)
-    ckpt._atomic_write(os.path.join(args.outdir, "results.md"), lambda f: f.write(text.encode()))
+    ckpt.atomic_write(os.path.join(args.outdir, "results.md"), lambda f: f.write(text.encode()))
     ckpt.save_json(os.path.join(args.outdir, "results.json"),
                    {"command": command, "config": _run_config(args), "rows": rows, "data": data_row})
 
@@ -252,7 +252,7 @@ def write_overview(outdir, methods, resolution):
     width = max(s.shape[1] for s in strips)
     strips = [np.pad(s, ((0, 0), (0, width - s.shape[1]), (0, 0))) for s in strips]
     img = PIL.Image.fromarray(np.concatenate(strips, axis=0))
-    ckpt._atomic_write(os.path.join(outdir, "grid-all.png"), lambda f: img.save(f, format="PNG"))
+    ckpt.atomic_write(os.path.join(outdir, "grid-all.png"), lambda f: img.save(f, format="PNG"))
 
 
 def _run_config(args) -> dict:

@@ -177,7 +177,7 @@ def _save_grid(path, rows, res):
     grid = torch.cat(tiles, dim=1)
     img = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
     img = np.kron(img, np.ones((max(1, 96 // res), max(1, 96 // res), 1), dtype=np.uint8))  # viewable size
-    ckpt._atomic_write(path, lambda f: PIL.Image.fromarray(img).save(f, format="PNG"))
+    ckpt.atomic_write(path, lambda f: PIL.Image.fromarray(img).save(f, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -234,10 +234,10 @@ def _truncate_metrics(path, step):
             raise ValueError(f"{path}: line {i} is not a metrics record ({exc}); fix or remove it") from exc
         if rec_step <= step:
             keep.append(ln)
-    ckpt._atomic_write(path, lambda f: f.write("".join(keep).encode()))
+    ckpt.atomic_write(path, lambda f: f.write("".join(keep).encode()))
 
 
-# The files a run writes (checkpoint.py's layout), and the temporaries _atomic_write makes for them:
+# The files a run writes (checkpoint.py's layout), and the temporaries atomic_write makes for them:
 # "." + name + "." + mkstemp's 8 random characters + ".tmp". A kill -9 mid-write leaves one behind.
 _RUN_FILES = re.compile(r"(checkpoint\.pt|config\.json|metrics\.jsonl|grid(-\d{6,})?\.png)")
 _TEMPORARY = re.compile(r"\." + _RUN_FILES.pattern + r"\.[a-z0-9_]{8}\.tmp")

@@ -287,7 +287,7 @@ def test_fallback_preview_sampler():
 
 
 def _leave_temporaries(run_dir):
-    """What kill -9 during _atomic_write leaves (0 B and partial), next to files that are not ours."""
+    """What kill -9 during atomic_write leaves (0 B and partial), next to files that are not ours."""
     ours = [".checkpoint.pt.a1b2c3d4.tmp", ".checkpoint.pt.zz_9y8x7.tmp", ".metrics.jsonl.abcdefgh.tmp",
             ".grid-000004.png.k2j3h4g5.tmp"]
     for i, name in enumerate(ours):
