@@ -11,7 +11,7 @@ import numpy as np
 import PIL.Image
 import pytest
 
-from relaydiff import checkpoint, sample, train
+from relaydiff import checkpoint, fileio, sample, train
 from relaydiff import eval as rd_eval
 
 TINY = ["--resolution", "8", "--batch", "4", "--channels", "8", "--channel-mult1", "1", "--channel-mult2", "1,2",
@@ -104,7 +104,7 @@ def test_train_bad_dataset_file(tmp_path, capsys, labels, message):
 def _fail_writes(monkeypatch, code):
     """Every write of a run file fails with OSError(code): the disk is full (ENOSPC) or the folder is
     read-only (EROFS; tests run as root, for whom chmod does not make a folder read-only)."""
-    real_mkstemp = checkpoint.tempfile.mkstemp
+    real_mkstemp = fileio.tempfile.mkstemp
 
     def mkstemp(*args, **kwargs):
         if code == errno.EROFS:
@@ -117,9 +117,9 @@ def _fail_writes(monkeypatch, code):
             super().write(bytes(data)[: len(data) // 2])  # part of it lands, then the disk is full
             raise OSError(code, os.strerror(code))
 
-    monkeypatch.setattr(checkpoint.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(fileio.tempfile, "mkstemp", mkstemp)
     if code == errno.ENOSPC:
-        monkeypatch.setattr(checkpoint.os, "fdopen", lambda fd, mode: FullFile(fd, "wb"))
+        monkeypatch.setattr(fileio.os, "fdopen", lambda fd, mode: FullFile(fd, "wb"))
 
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
@@ -156,7 +156,7 @@ def test_metrics_append_on_a_full_disk_leaves_no_partial_record(tmp_path, monkey
             self.f.flush()
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(checkpoint, "open", lambda p, mode: Full(open(p, mode)), raising=False)
+    monkeypatch.setattr(fileio, "open", lambda p, mode: Full(open(p, mode)), raising=False)
     with pytest.raises(OSError, match=f"cannot write {path}: No space left on device"):
         checkpoint.append_line(str(path), '{"step": 2}')
     assert path.read_text() == '{"step": 1}\n'
