@@ -8,7 +8,8 @@ memory does not grow with the number of images.
 Layout rules (NVlabs/edm `training/dataset.py` ImageFolderDataset, which the RDM authors' code uses):
 * names are paths relative to the folder or zip root with "/" separators, sorted;
 * labels come from `dataset.json` ({"labels": [[name, int], ...]} or null) when present, else from the
-  first-level subfolder (sorted subfolder names -> 0, 1, ...) when every image is in one, else none.
+  first-level subfolder (sorted subfolder names -> 0, 1, ...) when every image is in one and there
+  are at least two (EDM's dataset_tool.py: one class folder is an unlabelled set), else none.
 
 Limits (a crafted file is refused with a ValueError naming it, never decoded without bound): an
 image may have at most MAX_IMAGE_PIXELS pixels, a zip member at most MAX_MEMBER_BYTES bytes unpacked
@@ -62,7 +63,7 @@ def labels_from_json(text: str, where: str) -> dict[str, int]:
     return table
 
 
-def _decode(data: bytes, where: str) -> PIL.Image.Image:
+def decode_image(data: bytes, where: str) -> PIL.Image.Image:
     """A loaded PIL image, or ValueError naming `where` (corrupt, truncated, too large, not an image)."""
     try:
         with warnings.catch_warnings():
@@ -124,6 +125,8 @@ class ImageFiles:
             if not all("/" in n for n in self.names):
                 return None
             classes = sorted({n.split("/")[0] for n in self.names})
+            if len(classes) < 2:
+                return None
             index = {c: i for i, c in enumerate(classes)}
             return [index[n.split("/")[0]] for n in self.names]
         if not table:
@@ -157,7 +160,8 @@ class ImageFiles:
         info = self._zipfile().getinfo(name)
         if info.file_size > MAX_MEMBER_BYTES or info.file_size > MAX_DEFLATE_RATIO * max(info.compress_size, 1):
             raise ValueError(f"{self.what} {self.path}:{name}: {info.file_size} bytes unpacked from "
-                             f"{info.compress_size}, over the limits ({MAX_MEMBER_BYTES} bytes, ratio {MAX_DEFLATE_RATIO})")
+                             f"{info.compress_size}, over the limits ({MAX_MEMBER_BYTES} bytes, "
+                             f"ratio {MAX_DEFLATE_RATIO})")
         try:
             with self._zipfile().open(info) as f:
                 return f.read(MAX_MEMBER_BYTES + 1)[:MAX_MEMBER_BYTES]
@@ -178,7 +182,7 @@ class ImageFiles:
 
     def read(self, i: int) -> PIL.Image.Image:
         """The i-th image, decoded (its own mode: convert as the caller needs)."""
-        return _decode(self.read_bytes(i), self.where(i))
+        return decode_image(self.read_bytes(i), self.where(i))
 
     def __getstate__(self):
         state = dict(self.__dict__)

@@ -20,6 +20,12 @@ def _level_normal(images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     return rk.randn((images.shape[0], 1), seeds, offset=2 * n).reshape(-1).to(images.device, torch.float64)
 
 
+def _augment(augment_labels) -> dict:
+    """The net call's augment_labels keyword (EDM's non-leaking augmentation, relaydiff.augment):
+    images are augmented before the loss, which the labels tell the network; absent when there are none."""
+    return {} if augment_labels is None else {"augment_labels": augment_labels}
+
+
 class EDMLoss:
     """EDM loss (Karras et al. 2022, Eq. 2 and Table 1): ln sigma ~ N(P_mean, P_std^2),
     weight lambda(sigma) = (sigma^2 + sd^2) / (sigma sd)^2.
@@ -32,7 +38,7 @@ class EDMLoss:
         self.P_mean, self.P_std, self.sigma_data = P_mean, P_std, sigma_data
         self.block_scale, self.k = block_scale, k
 
-    def __call__(self, net, images, seeds, labels=None):
+    def __call__(self, net, images, seeds, labels=None, augment_labels=None):
         rnd = _level_normal(images, seeds)
         sigma = (rnd * self.P_std + self.P_mean).exp().to(torch.float32)
         weight = (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
@@ -40,7 +46,7 @@ class EDMLoss:
         if self.block_scale:
             n = n + self.block_scale * rk.block_noise(tuple(images.shape), self.k, seed=seeds, offset=images[0].numel())
         n = n.to(images.device, images.dtype)
-        denoised = net(images + n * sigma[:, None, None, None], sigma, labels)
+        denoised = net(images + n * sigma[:, None, None, None], sigma, labels, **_augment(augment_labels))
         return weight[:, None, None, None] * (denoised - images) ** 2
 
 
@@ -52,11 +58,11 @@ class RelayLoss:
         self.k, self.blur_sigma_max = k, blur_sigma_max
         self.block_scale, self.prob_length = block_scale, prob_length
 
-    def __call__(self, net, images, seeds, labels=None):
+    def __call__(self, net, images, seeds, labels=None, augment_labels=None):
         u = torch.special.ndtr(_level_normal(images, seeds))  # u ~ U(0, 1)
         sigma, blur_sigma, weight = reference.relay_training_sigmas(u, self.blur_sigma_max, self.prob_length)
         sigma, blur_sigma, weight = (t.to(torch.float32) for t in (sigma, blur_sigma, weight))
         x_t = rk.relay_corrupt(images, sigma, blur_sigma, k=self.k, block_scale=self.block_scale,
                                seed=seeds, offset=0)
-        denoised = net(x_t, sigma, labels)
+        denoised = net(x_t, sigma, labels, **_augment(augment_labels))
         return weight[:, None, None, None] * (denoised - images) ** 2

@@ -89,6 +89,20 @@ TYPES = dict(
     threads=cli.nonnegative_int,
 )
 
+# The data pipeline (relaydiff.dataset, relaydiff.augment). --workers and --cache change how images
+# are read, not which: a resumed run may change them.
+HELP.update(
+    workers="DataLoader worker processes decoding the images ahead (0: in the training process; "
+            "the batches are the same for any count)",
+    cache="decode every --data image into RAM once at start (otherwise each when a batch needs it, so "
+          "memory does not grow with the dataset; 'builtin' is always in memory)",
+    xflip="EDM's dataset x-flips: every image also mirrored (doubles the dataset)",
+    augment="EDM's augmentation probability (x/y-flips, scaling, rotation, anisotropy, translation), "
+            "told to the network by 9 augmentation labels; 0: off",
+)
+TYPES.update(workers=cli.in_range(int, 0, 64), augment=cli.in_range(float, 0.0, 1.0))
+FREE_ON_RESUME += ("workers", "cache")
+
 
 def parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
     """The CLI; with suppress_defaults only the options on the command line land in the namespace."""

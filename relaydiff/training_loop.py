@@ -30,7 +30,8 @@ import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as dist_util
-from .dataset import global_indices, open_dataset
+from .augment import AUGMENT_DIM
+from .dataset import TrainingBatches, open_dataset
 from .loss import EDMLoss, RelayLoss
 from .networks import ARCH_PRESETS, build_network
 
@@ -41,6 +42,7 @@ DEFAULTS = dict(
     channel_mult1="1,2", channel_mult2="1,2,2", attn_res="8", num_blocks=1, dropout=0.0, blur_sigma_max=3.0,
     block_scale=0.15, prob_length=0.93, log_every=10,
     snap_every=200, grid_every=200, preview_steps=18, progress=True, threads=1,
+    workers=0, cache=False, xflip=False, augment=0.0,  # the data pipeline (relaydiff.dataset)
 )
 
 
@@ -87,6 +89,8 @@ def stage_configs(opts: dict, label_dim: int) -> dict:
                    **ARCH_PRESETS[opts["arch"]], model_channels=opts["channels"], channel_mult=mult,
                    num_blocks=opts["num_blocks"], attn_resolutions=_ints(opts["attn_res"]), dropout=opts["dropout"],
                    label_dropout=opts["label_dropout"] if label_dim else 0.0)
+        if opts["augment"]:  # EDM's 9 augmentation labels (relaydiff.augment) condition the network
+            net["augment_dim"] = AUGMENT_DIM
         if net["model_type"] == "DhariwalUNet" and opts["channels"] < 64:
             net["channels_per_head"] = opts["channels"]  # EDM's 64 would leave narrow blocks without attention
         if s == 1:
@@ -294,7 +298,8 @@ def training_loop(**overrides) -> dict:
     if not opts["resume"] and os.path.isfile(ckpt_path):
         raise FileExistsError(f"{ckpt_path} exists: pass --resume to continue it, or choose another --outdir")
 
-    dataset = open_dataset(opts["data"], opts["resolution"], seed=opts["seed"])
+    dataset = open_dataset(opts["data"], opts["resolution"], seed=opts["seed"], cache=opts["cache"],
+                           xflip=opts["xflip"])
     label_dim = dataset.label_dim if opts["cond"] else 0
     stages = stage_configs(opts, label_dim)
     # Every option but resume is saved: `--resume` alone takes them back from config.json (train.py).
@@ -378,22 +383,22 @@ def training_loop(**overrides) -> dict:
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
     bar = tqdm.tqdm(total=steps, initial=start, disable=rank != 0 or not opts["progress"], dynamic_ncols=True)
     img_rate, step = None, start
+    batches = TrainingBatches(dataset, batch=opts["batch"], seed=seed, steps=steps, device=device,
+                              label_dim=label_dim, start=start, rank=rank, world=world, workers=opts["workers"],
+                              augment=opts["augment"], image_seeds=image_seeds)
     with _StopFlag() as stop:
         while step < steps:
             t0 = time.perf_counter()
             torch.manual_seed(_mix(seed, step, rank, 7))  # dropout / label dropout of this step
-            idx = global_indices(step, opts["batch"], len(dataset), seed)
             positions = range(rank * batch_local, (rank + 1) * batch_local)
-            images_u8, labels = dataset.batch(idx[rank * batch_local:(rank + 1) * batch_local])
-            images = images_u8.to(device, torch.float32) / 127.5 - 1
-            onehot = F.one_hot(labels, label_dim).float().to(device) if label_dim else None
+            images, onehot, augment_labels = batches(step)  # this rank's share of the global batch
             lr = opts["lr"] * min(1.0, (step + 1) / max(opts["lr_rampup"], 1))  # linear warm-up
             step_loss = {}
             for s in stages:
                 x = F.avg_pool2d(images, k) if s == "1" else images
                 seeds = image_seeds(seed, step, positions, int(s), device)
                 with autocast:
-                    loss = losses_fn[s](ddp[s], x, seeds, onehot).mean()
+                    loss = losses_fn[s](ddp[s], x, seeds, onehot, augment_labels=augment_labels).mean()
                 opts_[s].zero_grad(set_to_none=True)
                 loss.backward()
                 for p in nets[s].parameters():
@@ -430,6 +435,7 @@ def training_loop(**overrides) -> dict:
                 grid(step)
             if stopping:
                 break
+    batches.close()
     bar.close()
     if stop.signum is None:
         grid(step, final=True)
