@@ -88,9 +88,11 @@ class AugmentPipe:
         def on(name, gate):  # EDM: torch.rand() < multiplier * p
             return u[gate] < self.mult[name] * self.p
 
+        # Labels only for the enabled transforms, as EDM (train.py's --augment enables all: 9 labels).
         xflip = int(on("xflip", 0) and u[1] < 0.5) if self.mult["xflip"] else 0
         yflip = int(on("yflip", 2) and u[3] < 0.5) if self.mult["yflip"] else 0
-        g_inv, labels = torch.eye(3, dtype=torch.float64), [xflip, yflip]
+        labels = [float(v) for v, name in ((xflip, "xflip"), (yflip, "yflip")) if self.mult[name]]
+        g_inv = torch.eye(3, dtype=torch.float64)
         if self.mult["scale"]:  # isotropic scaling, s = 2^(w std)
             w = z[4] if on("scale", 5) else 0.0
             s = 2 ** (w * SCALE_STD)
