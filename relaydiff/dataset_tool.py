@@ -134,6 +134,7 @@ def _write_zip(dest: str, files: ImageFiles, **kw) -> dict:
         with zipfile.ZipFile(f, "w", compression=zipfile.ZIP_STORED) as zf:
             result.update(convert(files, zf.writestr, **kw))
 
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     atomic_write(dest, fill)
     return result
 
