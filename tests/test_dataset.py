@@ -182,3 +182,15 @@ def _initial_weights(tmp_path, data):
     out = training_loop(**{**TINY, "steps": 1, "lr": 1e-30}, data=data, outdir=str(tmp_path / "init"),
                         augment=0.4, xflip=True)
     return _weights(out)
+
+
+def test_resume_may_change_workers_and_cache_not_augment(tmp_path, capsys, one_thread):
+    from relaydiff import train
+
+    data, out = _folder(tmp_path / "d"), str(tmp_path / "run")
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in TINY.items()] + ["--data", data, "--outdir", out]
+    assert train.main(flags + ["--steps", "2"]) == 0
+    assert train.main(["--outdir", out, "--resume", "--steps", "3", "--workers", "1", "--cache", "true"]) == 0
+    capsys.readouterr()
+    assert train.main(["--outdir", out, "--resume", "--steps", "4", "--augment", "0.3"]) == 2
+    assert "--augment 0.3 given, but the run was started with --augment 0.0" in capsys.readouterr().err
