@@ -223,9 +223,10 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
 
     k-diffusion 0.1.1 `sample_heun` conventions: a Heun correction on every step whose t_{i+1} > 0
     (network evaluations 2 M - 1 for a schedule ending in 0, 2 M for one stopping above 0), and the
-    callback's `x` is x_hat, the churned x the model saw. Deliberate difference: with noise_sampler
-    the churn draw is made at every step (gamma_i = 0 too), the released scripts' order (docs/SAMPLING.md);
-    k-diffusion draws only where gamma_i > 0, so the streams agree when churn covers every step.
+    callback's `x` is x_hat, the churned x the model saw. Its eps = randn_like(x) is drawn at every
+    step too, so `noise_sampler=lambda s, s_next: torch.randn_like(x)` replays sample_heun's stream.
+    Deliberate difference: the Philox default draws the churn only where gamma_i > 0 (counters,
+    not a stream, so nothing shifts); the released scripts' orders are in docs/SAMPLING.md.
     """
     extra_args = {} if extra_args is None else extra_args
     n_steps = _check_sigmas(sigmas, x)
