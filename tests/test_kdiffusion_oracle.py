@@ -39,10 +39,8 @@ def _load_k_diffusion():
         mods = types.SimpleNamespace(**{m: importlib.import_module(f"k_diffusion.{m}")
                                         for m in ("sampling", "layers", "external")})
     finally:
-        for name in list(sys.modules):
-            if name == "k_diffusion" or name.startswith(("k_diffusion.", "torchvision")):
-                if name in stubs or name.startswith("k_diffusion."):
-                    sys.modules.pop(name, None)
+        for name in [n for n in sys.modules if n in stubs or n.startswith("k_diffusion.")]:
+            del sys.modules[name]
         sys.modules.update({k: v for k, v in saved.items() if v is not None})
     return mods
 
