@@ -17,7 +17,8 @@ install: build-deps
 # the suite runs the CUDA kernels on the CPU; `make train` does not build it. One build: it does
 # not go through `install` first.
 install-test: build-deps
-	RELAY_KERNELS_CUDA_EMU=1 $(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev]"
+	RELAY_KERNELS_CUDA_EMU=1 $(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev,kdiffusion]"
+	$(PYTHON) -m pip install --no-deps k-diffusion==0.1.1.post1  # test oracle; its small deps are in the kdiffusion extra
 
 # The main job: trains both relay stages on the built-in dataset, ends with runs/relaydiff/grid.png.
 train: install

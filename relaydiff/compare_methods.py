@@ -79,8 +79,11 @@ def unit_budget(name: str, cfg: dict) -> tuple[int, float]:
 def train_unit(name, cfg, dataset, device="cpu", progress=True):
     """Train one unit from scratch; returns (EMA net, stats dict). Deterministic for a kimg budget:
     batches from dataset.global_indices, noise from per-image streams keyed by (seed, step, position,
-    unit), dropout RNG re-seeded each step (as training_loop)."""
-    net, step_loss = build_unit(name, cfg)
+    unit), dropout RNG re-seeded each step (as training_loop), initialisation from (seed, unit): torch
+    seeds its default generator randomly per process, so an unseeded init differs run to run."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_mix(cfg["seed"], UNIT_IDS[name], 0x1417))
+        net, step_loss = build_unit(name, cfg)
     net = net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
+from diffusers.utils.torch_utils import randn_tensor
 
 import relay_kernels as rk
 from relay_kernels import reference
@@ -80,7 +81,9 @@ class RelayEDMScheduler(SchedulerMixin, ConfigMixin):
     Noise: by default image b draws from its Philox stream seeds[b] exactly as `sample_relay` does
     (start noise at counters [offset, offset + 2N), then 2N more per op call); `prepare_latents` sets
     seeds and offset, and without it the seeds are 0, 1, ... at offset 0 (`sample_relay`'s default).
-    `step(..., generator=g)` draws that call's noise with `torch.randn` from g instead.
+    `step(..., generator=g)` draws that call's noise from g instead, as diffusers'
+    `randn_tensor` draws it (e then e', each shaped like the sample); a list of generators, one per
+    image as diffusers pipelines pass them, draws image b's rows from generator[b].
     """
 
     order = 2
@@ -167,10 +170,10 @@ class RelayEDMScheduler(SchedulerMixin, ConfigMixin):
         return torch.exp(4 * torch.as_tensor(timestep, dtype=torch.float64))
 
     @property
-    def init_noise_sigma(self) -> float:
-        """t_0, the noise level the relay starts at (the scale of the start noise)."""
-        self._need_timesteps()
-        return float(self.sigmas[0])
+    def init_noise_sigma(self) -> float | None:
+        """t_0, the noise level the relay starts at (the scale of the start noise); None before
+        set_timesteps fixes the schedule (so probing the attribute, as diffusers does, answers)."""
+        return None if self.sigmas is None else float(self.sigmas[0])
 
     @property
     def step_index(self) -> int:
@@ -193,8 +196,9 @@ class RelayEDMScheduler(SchedulerMixin, ConfigMixin):
         # Only host values are compared, so a CUDA loop makes no host sync here.
         if not isinstance(timestep, torch.Tensor) or timestep.device.type == "cpu":
             expected = float(self._host_timesteps[i])
+            # One timestep, or one per image (a pipeline's t.expand(B)), all the scheduled one.
             given = torch.as_tensor(timestep, dtype=torch.float64).reshape(-1)
-            if given.numel() != 1 or abs(float(given[0]) - expected) > 1e-6 * max(1.0, abs(expected)):
+            if given.numel() == 0 or float((given - expected).abs().max()) > 1e-6 * max(1.0, abs(expected)):
                 raise ValueError(f"timestep {timestep} is not the scheduled timesteps[{i}] = {expected}: pass each "
                                  "entry of scheduler.timesteps in order, once to scale_model_input and once to step")
         return self._call_sigmas[i]
@@ -231,9 +235,18 @@ class RelayEDMScheduler(SchedulerMixin, ConfigMixin):
     def _noise_kwargs(self, sample: torch.Tensor, generator) -> dict:
         """seed/offset for the fused op (next 2N counters of the Philox streams) or the noise itself."""
         if generator is not None:
-            e = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device=generator.device)
-            e_block = torch.randn(sample.shape, generator=generator, dtype=sample.dtype, device=generator.device)
-            return dict(noise=(e.to(sample.device), e_block.to(sample.device)))
+            if isinstance(generator, (list, tuple)):
+                if len(generator) != sample.shape[0] or not all(isinstance(g, torch.Generator) for g in generator):
+                    raise ValueError(f"generator must be one torch.Generator or a list of one per image "
+                                     f"({sample.shape[0]}), got {len(generator)} items")
+                generator = list(generator)
+            elif not isinstance(generator, torch.Generator):
+                raise TypeError(f"generator must be a torch.Generator or a list of them, not "
+                                f"{type(generator).__name__}")
+            draw = lambda: randn_tensor(tuple(sample.shape), generator=generator, device=sample.device,  # noqa: E731
+                                        dtype=sample.dtype)
+            e = draw()
+            return dict(noise=(e, draw()))
         two_n = 2 * sample[0].numel()
         if self._seeds is None:
             self._seeds = as_seeds(0, sample.shape[0], sample.device)

@@ -13,6 +13,32 @@ import torch
 import relay_kernels as rk
 from relay_kernels import reference
 
+# Label dropout's draw: counter LABEL_DROPOUT_COUNTER of each image's stream, past the corruption
+# noise [0, 2N) and the level draw 2N of any image size the loader accepts.
+LABEL_DROPOUT_COUNTER = 1 << 48
+
+
+def drop_labels(labels, p: float, seeds: torch.Tensor):
+    """Classifier-free-guidance label dropout keyed by image: image b's labels are zeroed when
+    Phi(z_b) < p, z_b the normal at LABEL_DROPOUT_COUNTER of its stream seeds[b]. The seeds follow
+    the image's position in the global batch (training_loop.image_seeds), so the dropped images do
+    not depend on the rank count, as the network's own per-rank torch.rand draw did."""
+    if labels is None or not p:
+        return labels
+    z = rk.randn((labels.shape[0], 1), seeds, offset=LABEL_DROPOUT_COUNTER).reshape(-1).double()
+    keep = torch.special.ndtr(z) >= p
+    return labels * keep.to(labels.device, labels.dtype)[:, None]
+
+
+def take_label_dropout(net) -> float:
+    """The network's label-dropout probability, switched off inside the network (returned for
+    drop_labels to apply instead); the saved network config keeps it."""
+    p = 0.0
+    for module in net.modules():
+        if getattr(module, "label_dropout", 0):
+            p, module.label_dropout = max(p, float(module.label_dropout)), 0
+    return p
+
 
 def _level_normal(images: torch.Tensor, seeds: torch.Tensor) -> torch.Tensor:
     """One standard normal per image at counter 2N, shape [B]."""

@@ -38,6 +38,9 @@ PRESETS = {
             s_noise=0.2,  # --s_noise_second default
             s_block=0.15,  # --s_block_second default
             k=4,  # --up_scale_second default (256 / 64)
+            # Its blur_sampler's churn line draws one normal per step (weight 0 at S_churn=0) before
+            # the net call: with --noise torch, relaydiff draws it too (docs/SAMPLING.md).
+            churn_draw=True,
         ),
         "cfg": [1.0, 1.0],  # --cfg_scale_first, --cfg_scale_second defaults (no guidance)
         "seeds": "80000-109999",  # --seeds default (30k images, the FID sample)

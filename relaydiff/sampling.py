@@ -220,7 +220,13 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
     eps each (noise_sampler called twice more per step, as the released randn_like order: the
     correction's draw only where there is a correction); by default from counters
     offset + (M + 1 + 2 i) N and offset + (M + 2 + 2 i) N. At sde_scale = 0 this is Algorithm 2.
-    Network evaluations: 2 M - 1 for M steps.
+
+    k-diffusion 0.1.1 `sample_heun` conventions: a Heun correction on every step whose t_{i+1} > 0
+    (network evaluations 2 M - 1 for a schedule ending in 0, 2 M for one stopping above 0), and the
+    callback's `x` is x_hat, the churned x the model saw. Its eps = randn_like(x) is drawn at every
+    step too, so `noise_sampler=lambda s, s_next: torch.randn_like(x)` replays sample_heun's stream.
+    Deliberate difference: the Philox default draws the churn only where gamma_i > 0 (counters,
+    not a stream, so nothing shifts); the released scripts' orders are in docs/SAMPLING.md.
     """
     extra_args = {} if extra_args is None else extra_args
     n_steps = _check_sigmas(sigmas, x)
@@ -270,10 +276,11 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
         x_next = x_hat + h * d_cur
         if g > 0 or (sde_scale > 0 and noise_sampler is not None):
             x_next = x_next + g * sde_noise(i, 0)
-        if callback is not None:
-            callback(dict(x=x_cur, i=i, sigma=sig_scalar[i, 0], sigma_hat=sig_scalar[i, 1], denoised=denoised))
-        # Second-order correction (none at the last step, t_next = 0).
-        if i < n_steps - 1:
+        if callback is not None:  # k-diffusion's x: the (churned) x_hat the model was called on
+            callback(dict(x=x_hat, i=i, sigma=sig_scalar[i, 0], sigma_hat=sig_scalar[i, 1], denoised=denoised))
+        # Second-order correction wherever t_next > 0 (k-diffusion's sample_heun rule; a schedule that
+        # stops above 0, the first half of a split one, corrects its last step too).
+        if t_next != 0:
             denoised = model(x_next, sig_dev[i, 1], **extra_args).to(x_cur.dtype)
             d_prime = (x_next - denoised) / t_next
             x_next = x_hat + h * (0.5 * d_cur + 0.5 * d_prime)
@@ -339,7 +346,7 @@ def _relay_draw(noise_sampler, sigma, sigma_next, like, s_block):
 @torch.no_grad()
 def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None, *, up_scale=None, k=4,
                  s_noise=0.2, s_block=0.15, blur_sigma_max=3.0, prob_length=0.93, min_scale=1e-3, seeds=0, offset=0,
-                 noise_sampler=None):
+                 noise_sampler=None, churn_draw=False):
     """Relay sampler (RDM Algorithm 1): blurring diffusion from the nearest-upsampled low-res image.
 
     x: the low-resolution images [B, C, h, w]; sigmas: t_0 > ... > t_{M-1} > 0 and a final 0
@@ -355,6 +362,10 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
     each op call the next 2N (N = C H W at the output resolution). With noise_sampler, each n takes
     e = noise_sampler(t_i, t_{i+1}) and then (when s_block != 0) e' = noise_sampler(t_i, t_{i+1}),
     shaped like the upsampled x: the order of the released blur_sampler's randn_like calls.
+    churn_draw=True (with noise_sampler) adds generate_celebahq.py's blur_sampler draw: one more
+    normal per listed step, the last included, taken before the step's network call and weighted by
+    0 there (its churn line at S_churn = 0), so each seed's generator stays in that script's order.
+    The Philox default has no such draw (its counters do not shift); docs/SAMPLING.md lists each order.
 
     Every op weight is computed once per call (relay_schedule_weights), so each step launches the
     network and the fused kernels only; nothing reads a device value, so the loop compiles with
@@ -365,6 +376,8 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
     n_listed = _check_sigmas(sigmas, x)
     batch, device, dtype = x.shape[0], x.device, x.dtype
     up_scale = _up_scale(model, x, up_scale)
+    if not isinstance(churn_draw, bool):
+        raise TypeError(f"churn_draw must be True or False, not {churn_draw!r}")
     if noise_sampler is None:
         seeds = as_seeds(seeds, batch, device)
 
@@ -390,6 +403,9 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
     den = x
     for i in _progress(n_listed, disable, "relay"):
+        if churn_draw and noise_sampler is not None:
+            # x_hat = x + sqrt(t_hat^2 - t^2) S_noise eps with t_hat = t: x itself, eps only advances the stream.
+            noise_sampler(sigmas[i], sigmas[i + 1])
         den = model(x, t_rows[i], **extra_args).to(dtype)
         if callback is not None:
             callback(dict(x=x, i=i, sigma=t_x[i], sigma_hat=t_x[i], denoised=den))
@@ -415,7 +431,7 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
 
 _STAGE1_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "S_churn", "S_min", "S_max", "S_noise", "sde_scale")
 _RELAY_KEYS = ("num_steps", "sigma_min", "sigma_max", "rho", "truncation_sigma", "k", "s_noise", "s_block",
-               "blur_sigma_max", "prob_length", "min_scale", "up_scale")
+               "blur_sigma_max", "prob_length", "min_scale", "up_scale", "churn_draw")
 
 
 def _split_kwargs(kwargs, allowed, what):

@@ -6,9 +6,10 @@ global batch (stage 1 sees it average-pooled by k).
 
 Determinism: everything random in a step is a function of (seed, step): the batch indices
 (`dataset.global_indices`), the per-image generator seeds (`image_seeds`, keyed by the image's
-position in the *global* batch, so the rank count does not change the noise), and the torch RNG
-used by dropout and label dropout (re-seeded each step from (seed, step, rank)). A resumed run
-therefore reproduces an uninterrupted one exactly.
+position in the *global* batch, so the rank count does not change the noise), label dropout drawn
+from those same per-image streams (`loss.drop_labels`), and the torch RNG used by --dropout
+(re-seeded each step from (seed, step, rank); the one draw that depends on the rank count). A
+resumed run therefore reproduces an uninterrupted one exactly.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from . import checkpoint as ckpt
 from . import distributed as dist_util
 from .augment import AUGMENT_DIM
 from .dataset import TrainingBatches, open_dataset
-from .loss import EDMLoss, RelayLoss
+from .loss import EDMLoss, RelayLoss, drop_labels, take_label_dropout
 from .networks import ARCH_PRESETS, build_network
 
 DEFAULTS = dict(
@@ -313,6 +314,7 @@ def training_loop(**overrides) -> dict:
         emas[s] = copy.deepcopy(nets[s]).eval().requires_grad_(False)
         opts_[s] = torch.optim.Adam(nets[s].parameters(), lr=opts["lr"], betas=(0.9, 0.999), eps=1e-8)
         losses_fn[s] = _build_loss(sc["loss"])
+    label_p = {s: take_label_dropout(n) for s, n in nets.items()}  # applied per image: drop_labels
 
     start = 0
     if opts["resume"]:
@@ -398,7 +400,8 @@ def training_loop(**overrides) -> dict:
                 x = F.avg_pool2d(images, k) if s == "1" else images
                 seeds = image_seeds(seed, step, positions, int(s), device)
                 with autocast:
-                    loss = losses_fn[s](ddp[s], x, seeds, onehot, augment_labels=augment_labels).mean()
+                    loss = losses_fn[s](ddp[s], x, seeds, drop_labels(onehot, label_p[s], seeds),
+                                        augment_labels=augment_labels).mean()
                 opts_[s].zero_grad(set_to_none=True)
                 loss.backward()
                 for p in nets[s].parameters():

@@ -78,8 +78,16 @@ def karras(num_steps, sigma_min, sigma_max, rho):
 
 
 def released_blur_sampler(net, latents, labels, randn_like, num_steps, sigma_min, sigma_max, rho, truncation_sigma,
-                          prob_length, patch, cfg, s_block, s_noise, blur_sigma_max):
-    """RDM Algorithm 1 as the released blur_sampler runs it (latents: the upsampled image)."""
+                          prob_length, patch, cfg, s_block, s_noise, blur_sigma_max, celebahq=False):
+    """RDM Algorithm 1 as the released blur_sampler runs it (latents: the upsampled image).
+
+    generate.py and generate_imagenet.py (blur_sampler): the start draws randn_like then block_noise's
+    randn_like; each Euler step and each Heun correction draws the same pair. celebahq=True is
+    generate_celebahq.py's blur_sampler, which adds, at the top of every step (the last included,
+    after the start pair), its churn line `gamma = ... if S_min <= t_cur <= S_max else 0`,
+    `t_hat = net.round_sigma(t_cur + gamma * t_cur)`, `x_hat = x_cur + (t_hat ** 2 - t_cur ** 2).sqrt()
+    * S_noise * randn_like(x_cur)` (lines 78-80 of commit 6ee2d6f), at its main()'s S_churn = 0, and
+    calls the net on x_hat with t_hat."""
     t = karras(num_steps, max(sigma_min, net.sigma_min), min(sigma_max, net.sigma_max), rho)
     t = t[t < truncation_sigma]
     t = torch.cat([net.round_sigma(t), torch.zeros(1, dtype=torch.float64)])
@@ -91,7 +99,11 @@ def released_blur_sampler(net, latents, labels, randn_like, num_steps, sigma_min
     x = x + start
     for i in range(m):
         t_cur, t_next = t[i], t[i + 1]
-        den = guided(net, x, t_cur, labels, cfg)
+        x_hat, t_hat = x, t_cur
+        if celebahq:
+            t_hat = net.round_sigma(t_cur + 0 * t_cur)  # gamma = 0: no --S_churn option, default 0
+            x_hat = x + (t_hat**2 - t_cur**2).sqrt() * 1.0 * randn_like(x)
+        den = guided(net, x_hat, t_hat, labels, cfg)
         if i == m - 1:
             return den
         a_n = alpha_image(t_next.item(), patch, res, prob_length, blur_sigma_max)
@@ -313,3 +325,44 @@ def test_callback_follows_k_diffusion_keys_and_noise_sampler_order():
     t = sigmas.tolist()
     want = [(t[0], t[1])] * 2 + [p for i in range(m - 1) for p in [(t[i], t[i + 1])] * 4]
     assert calls == want
+
+
+def test_celebahq_preset_reproduces_released_generate_celebahq():
+    """--preset celebahq-256 --noise torch: generate_celebahq.py's edm_sampler (sde_scale) then its
+    blur_sampler (the zero-weighted churn draw per step), one generator per seed, to 1e-6."""
+    from relaydiff import presets
+
+    pre = presets.preset("celebahq-256")
+    net1, net2 = TinyDenoiser(4, seed=5, sigma_min=0.002, sigma_max=80.0), TinyDenoiser(16, seed=6)
+    s1 = dict(pre["stage1"], num_steps=8)
+    s2 = dict(pre["stage2"], num_steps=40)
+    relay_args = dict(prob_length=s2["prob_length"], patch=4, cfg=1.0, s_block=s2["s_block"], s_noise=s2["s_noise"],
+                      blur_sigma_max=s2["blur_sigma_max"], num_steps=40, sigma_min=s2["sigma_min"],
+                      sigma_max=s2["sigma_max"], rho=s2["rho"], truncation_sigma=s2["truncation_sigma"])
+    draws = []
+
+    def released(celebahq):
+        rnd = PerSeedGenerator(SEEDS)
+        count = lambda x: draws.append(1) or rnd.randn_like(x)  # noqa: E731
+        low = released_celebahq_edm_sampler(net1, rnd.randn((3, 3, 4, 4)), count, num_steps=8, sigma_min=0.002,
+                                            sigma_max=80.0, rho=7.0, sde_scale=s1["sde_scale"])
+        draws.clear()
+        return released_blur_sampler(net2, F.interpolate(low, 16), None, count, celebahq=celebahq, **relay_args)
+
+    want = released(celebahq=True)
+    n_celebahq = len(draws)
+    other = released(celebahq=False)
+    m = sampling.get_sigmas_relay(40, truncation_sigma=0.95, net=net2).numel() - 1
+    assert n_celebahq == 2 + 4 * (m - 1) + m and len(draws) == 2 + 4 * (m - 1)  # 68 vs 54 at 40 steps
+    assert (want - other).abs().max() > 1e-2  # the shifted streams give another image
+
+    outs, _ = sampling.sample_cascade(net1, [net2], seeds=SEEDS, noise="torch", disable=True, stage1_kwargs=s1,
+                                      relay_kwargs=s2)
+    torch.testing.assert_close(outs[1], want, rtol=0, atol=1e-6)
+    without = dict(s2, churn_draw=False)
+    outs, _ = sampling.sample_cascade(net1, [net2], seeds=SEEDS, noise="torch", disable=True, stage1_kwargs=s1,
+                                      relay_kwargs=without)
+    torch.testing.assert_close(outs[1], other, rtol=0, atol=1e-6)
+    with pytest.raises(TypeError, match="churn_draw"):
+        sampling.sample_cascade(net1, [net2], seeds=SEEDS, noise="torch", disable=True, stage1_kwargs=s1,
+                                relay_kwargs=dict(s2, churn_draw="yes"))
