@@ -105,20 +105,6 @@ def check_sigma_order(sigma_min, sigma_max, where: str = "--sigma-min/--sigma-ma
             raise ValueError(f"{where}: need 0 < sigma_min < sigma_max, got sigma_min={lo} sigma_max={hi}")
 
 
-def check_device(text: str, name: str = "--device") -> None:
-    """ValueError naming the option unless text is a torch device this machine has."""
-    import torch
-
-    try:
-        dev = torch.device(text)
-    except (RuntimeError, TypeError, ValueError):
-        raise ValueError(f"{name}: {text!r} is not a torch device (cpu, cuda, cuda:1, ...)") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise ValueError(f"{name}: {text} is not available on this machine")
-    if dev.type not in ("cpu", "cuda", "mps", "xpu"):
-        raise ValueError(f"{name}: device type {dev.type} is not supported")
-
-
 def check_outdir(path: str, name: str = "--outdir") -> None:
     """ValueError naming the option when path exists and is not a folder, or cannot be written."""
     if os.path.exists(path) and not os.path.isdir(path):

@@ -28,6 +28,7 @@ import tqdm
 
 from . import checkpoint as ckpt
 from . import cli_args as cli
+from . import distributed as dist_util
 from . import eval as evaluation
 from .compare_methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
 from .dataset import open_dataset
@@ -277,7 +278,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     command = "python -m relaydiff.compare " + " ".join(shlex.quote(a) for a in argv)
     try:
-        cli.check_device(args.device, "--device")
+        dist_util.resolve_device(args.device)
         cli.check_outdir(args.outdir, "--outdir")
         rows = run(args, command)
     except (OSError, ValueError) as exc:
