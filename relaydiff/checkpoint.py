@@ -41,15 +41,17 @@ CONFIG_NAME = "config.json"
 
 
 def save_checkpoint(run_dir: str, step: int, config: dict, stages: dict, rng: dict | None = None) -> str:
-    """Write RUN/config.json and RUN/checkpoint.pt atomically. stages: {"1": {"net": sd, "ema": sd,
+    """Write RUN/checkpoint.pt then RUN/config.json, each atomically. stages: {"1": {"net": sd, "ema": sd,
     "optimizer": sd}, ...} (state_dicts). Returns the checkpoint path."""
     os.makedirs(run_dir, exist_ok=True)
     text = json.dumps(config, indent=2)
-    save_json(os.path.join(run_dir, CONFIG_NAME), config)
     state = {"format": FORMAT, "step": int(step), "config": text,
              "stages": {str(s): d for s, d in stages.items()}, "rng": rng or {}}
     path = os.path.join(run_dir, CHECKPOINT_NAME)
+    # checkpoint.pt first: it carries the config text and every loader reads the config from it, so a
+    # crash before config.json is rewritten leaves the new pair's truth (and the old file on a failure).
     atomic_write(path, lambda f: torch.save(state, f))
+    save_json(os.path.join(run_dir, CONFIG_NAME), config)
     return path
 
 
