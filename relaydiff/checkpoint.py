@@ -81,8 +81,8 @@ def load_checkpoint(path: str, map_location="cpu") -> dict:
     path = resolve_path(path)
     try:
         state, fmt = safe_load_file(path, what="checkpoint")
-    except PermissionError as exc:
-        raise ValueError(f"{path}: cannot load the checkpoint: {exc.strerror}") from exc
+    except FileRefused as exc:  # garbage, truncated, unsafe or unreadable: one line naming the file
+        raise type(exc)(f"{path}: cannot load the checkpoint: {getattr(exc, 'reason', exc)}") from None
     if fmt != "zip" or not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FileRefused(f"{path}: not a relaydiff checkpoint (format {FORMAT})")
     try:

@@ -75,9 +75,9 @@ def check_regular_file(path: str, what: str) -> None:
     try:
         st = os.stat(path)
     except OSError as exc:
-        raise FileRefused(f"{what} {path}: cannot read it ({exc.strerror})") from exc
+        raise _named(FileRefused, what, path, f"cannot read it ({exc.strerror})") from exc
     if not stat.S_ISREG(st.st_mode):
-        raise FileRefused(f"{what} {path}: not a regular file")
+        raise _named(FileRefused, what, path, "not a regular file")
 
 
 def _open_regular(path: str, what: str):
@@ -86,10 +86,10 @@ def _open_regular(path: str, what: str):
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
-        raise FileRefused(f"{what} {path}: cannot read it ({exc.strerror})") from exc
+        raise _named(FileRefused, what, path, f"cannot read it ({exc.strerror})") from exc
     if not stat.S_ISREG(os.fstat(fd).st_mode):  # swapped after the stat above
         os.close(fd)
-        raise FileRefused(f"{what} {path}: not a regular file")
+        raise _named(FileRefused, what, path, "not a regular file")
     return os.fdopen(fd, "rb")
 
 
@@ -370,6 +370,13 @@ def _check_graph(obj) -> None:
             height[key] = 1 + max(height.get(id(k), 0) for k in children(x))
 
 
+def _named(kind, what: str, path: str, reason: str) -> FileRefused:
+    """kind('WHAT PATH: reason'), with .reason kept for callers that word the prefix themselves."""
+    exc = kind(f"{what} {path}: {reason}")
+    exc.reason = reason
+    return exc
+
+
 def load(path: str, *, what: str = "file"):
     """(object, format) of a torch.save zip file ('zip') or a plain pickle ('pickle'), read as the
     module docstring says; tensors are CPU views of storages read from the file."""
@@ -393,11 +400,12 @@ def load(path: str, *, what: str = "file"):
         finally:
             CURRENT_LOAD.reset(token)
     except FileRefused as exc:
-        raise type(exc)(f"{what} {path}: {exc}") from None
+        raise _named(type(exc), what, path, str(exc)) from None
     except MemoryError:
-        raise FileTooLarge(f"{what} {path}: does not fit in memory") from None
+        raise _named(FileTooLarge, what, path, "does not fit in memory") from None
     except Exception as exc:  # anything else a corrupt file makes the parsers raise
-        raise FileRefused(f"{what} {path}: corrupt or truncated ({type(exc).__name__}: {str(exc)[:100]})") from None
+        raise _named(FileRefused, what, path, f"corrupt or truncated ({type(exc).__name__}: {str(exc)[:100]})") \
+            from None
     finally:
         f.close()
     return obj, fmt
