@@ -9,7 +9,7 @@ On-disk layout of a run directory (`python -m relaydiff.train --outdir RUN`):
                            "kwargs": {EDMPrecond's kwargs, "model_type": "SongUNet"|"DhariwalUNet",
                            the U-Net's kwargs}} (networks.build_network), "loss": {"class_name":
                            "EDMLoss"|"RelayLoss", "kwargs": {...}}}
-    RUN/checkpoint.pt      the latest training state (torch.save of a dict; load with weights_only=True):
+    RUN/checkpoint.pt      the latest training state (torch.save of a dict; read with safe_load.load):
                            {"format": FORMAT, "step": int (steps finished), "config": config.json's text,
                             "stages": {"1": {"net": sd, "ema": sd, "optimizer": sd}, "2": {...}},
                             "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]}}
