@@ -305,6 +305,9 @@ def class_labels_for(seeds, label_dim, class_idx, device, rule="random"):
 # ---------------------------------------------------------------------------- images
 
 
+MAX_LOW_RES = 4096  # px per side of a --low-res image (the released relay inputs are 64 px)
+
+
 def load_low_res(folder: str, seeds, channels: int, device) -> torch.Tensor:
     imgs = []
     for s in seeds:
@@ -313,7 +316,16 @@ def load_low_res(folder: str, seeds, channels: int, device) -> torch.Tensor:
             raise FileNotFoundError(
                 f"--low-res: no image {path} for seed {s} (write them with --stages first)"
             )
-        arr = np.asarray(PIL.Image.open(path).convert("L" if channels == 1 else "RGB"))
+        try:  # the header's size is checked before any pixel is decoded (a small file may claim 100k x 100k)
+            with PIL.Image.open(path) as im:
+                if im.width > MAX_LOW_RES or im.height > MAX_LOW_RES:
+                    raise ValueError(f"--low-res: {path} is {im.width}x{im.height}, larger than {MAX_LOW_RES} px")
+                if imgs and im.size != (imgs[0].shape[1], imgs[0].shape[0]):
+                    raise ValueError(f"--low-res: {path} is {im.width}x{im.height}, the first image "
+                                     f"{imgs[0].shape[1]}x{imgs[0].shape[0]}")
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as exc:  # not a (whole) image
+            raise ValueError(f"--low-res: cannot read {path} as an image ({type(exc).__name__})") from None
         imgs.append(arr.reshape(arr.shape[0], arr.shape[1], -1))
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).to(device, torch.float32)
     return (x - 127.5) / 127.5

@@ -5,7 +5,9 @@ convert refuses stages that do not make one cascade; compare survives a corrupte
 import json
 import math
 import os
+import struct
 import sys
+import zlib
 
 import numpy as np
 import pytest
@@ -154,3 +156,24 @@ def test_grid_is_limited_and_streamed(tmp_path):
     assert grid.shape == (18, 10, 3)
     assert (grid[12:18, 0:5] == tiles[4]).all() and (grid[12:18, 5:10] == 0).all()
     assert sorted(os.listdir(tmp_path))[:1] == ["0.png"] and not [n for n in os.listdir(tmp_path) if ".tmp" in n]
+
+
+@pytest.mark.parametrize("content", ["garbage", "huge", "mixed"])
+def test_low_res_images_are_checked_before_decoding(tmp_path, content):
+    import PIL.Image
+
+    from relaydiff import sample
+
+    folder = tmp_path / "low"
+    folder.mkdir()
+    PIL.Image.new("RGB", (4, 4)).save(folder / "000000.png")
+    if content == "garbage":
+        (folder / "000001.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    elif content == "huge":  # a PNG header claiming 100000 x 100000 pixels, a few bytes long
+        ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 2, 0, 0, 0)
+        chunk = struct.pack(">I", 13) + b"IHDR" + ihdr + struct.pack(">I", zlib.crc32(b"IHDR" + ihdr))
+        (folder / "000001.png").write_bytes(b"\x89PNG\r\n\x1a\n" + chunk)
+    else:
+        PIL.Image.new("RGB", (8, 8)).save(folder / "000001.png")
+    with pytest.raises(ValueError, match="--low-res: .*000001.png"):
+        sample.load_low_res(str(folder), [0, 1], 3, "cpu")
