@@ -169,6 +169,19 @@ def _onto(kind, where, op):
     return handler
 
 
+def _nested(op):
+    """op (a tuple-making opcode), then the new tuple's nesting checked: hashing a tuple recurses in
+    C without a guard, so a 1M-deep tuple used as a dict key would crash the process."""
+    def handler(self):
+        op(self)
+        self._load.nest(self.stack[-1])
+
+    return handler
+
+
+for _name in ("TUPLE", "TUPLE1", "TUPLE2", "TUPLE3"):
+    _code = getattr(pickle, _name)[0]
+    _Unpickler.dispatch[_code] = _nested(_Unpickler.dispatch[_code])
 for _name, _kind, _where in (("SETITEM", dict, -3), ("SETITEMS", dict, None), ("APPEND", list, -2),
                              ("APPENDS", list, None), ("ADDITEMS", set, None)):
     _code = getattr(pickle, _name)[0]
@@ -193,6 +206,15 @@ class _Load:
         self.ops, self.items = 0, 0
         self.bytes_left = 2 * file_size + BYTES_SLACK
         self.nested = {}  # id(bytes) -> (bytes, StorageRecord): a memo-referenced storage is read once
+        self.depths = {}  # id(tuple or frozenset) -> (it, its nesting)
+
+    def nest(self, obj) -> None:
+        """Record the nesting of a new tuple or frozenset (1 + its deepest tuple/frozenset item);
+        deeper than MAX_DEPTH is refused while it is made, before anything can hash it."""
+        depth = 1 + max((self.depths[id(x)][1] for x in obj if id(x) in self.depths), default=0)
+        if depth > MAX_DEPTH:
+            raise FileRefused(f"the file's objects are nested deeper than {MAX_DEPTH}")
+        self.depths[id(obj)] = (obj, depth)  # obj kept so its id stays its own
 
     def charge_bytes(self, n: int, what: str) -> None:
         self.bytes_left -= n

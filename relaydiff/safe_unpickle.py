@@ -259,7 +259,10 @@ def _collection(kind):
         if not isinstance(items, (list, tuple)):
             raise UnsafePickleError(f"{kind.__name__}({_short(items)}): not a list")
         current_load().charge_items(len(items))
-        return kind(items)
+        made = kind(items)
+        if kind is frozenset:  # hashable, so its nesting is bounded now (safe_load._Load.nest)
+            current_load().nest(made)
+        return made
 
     make.__name__ = kind.__name__
     return make

@@ -144,6 +144,12 @@ def crafted_files(d, marker):
     # Nesting and cycles; records that claim more bytes than the file has; a huge frame.
     put("deep.pkl", b"\x80\x02" + b"(" * 100_000 + b"l" * 100_000 + b".")
     put("cycle.pkl", b"\x80\x02]q\x00h\x00a.")
+    # A 1M-deep tuple used as a dict key (hashing it recursed in C and crashed the process), and a
+    # 200k-deep frozenset chain (x = frozenset([x]) through the memo).
+    put("deep-tuple-key.pkl", b"\x80\x02}N" + b"\x85" * 1_000_000 + b"Ns.")
+    step = b"h\x00(h\x01l\x85Rq\x01\x30"
+    put("deep-frozenset.pkl", b"\x80\x02" + _g("builtins", "frozenset") + b"q\x00\x30Nq\x01\x30" + step * 200_000
+        + b"}h\x01Ns.")
     put("claims-huge-string.pkl", b"\x80\x04\x8d" + struct.pack("<Q", 1 << 62) + b"x")
     put("huge-frame.pkl", b"\x80\x04\x95" + struct.pack("<Q", 1 << 62) + b"N.")
     put("os-system.pkl", b"\x80\x02" + _g("os", "system") + b"(" + _str(f"echo RAN > {marker}") + b"tR.")
@@ -194,6 +200,7 @@ EXPECTED = {"torchscript.pt": "TorchScript", "legacy-build.pt": "legacy", "tar-f
             "zip-bomb.pt": "inflates", "torchscript-members.pt": "TorchScript", "extra-member.pt": "not part of",
             "memo-string.pkl": "2 x the file's size", "memo-views.pkl": "2 x the file's size",
             "memo-sets.pkl": "entries in its containers", "deep.pkl": "nested deeper", "cycle.pkl": "cycle",
+            "deep-tuple-key.pkl": "nested deeper", "deep-frozenset.pkl": "nested deeper",
             "claims-huge-string.pkl": "claims", "huge-frame.pkl": "claims", "os-system.pkl": "os.system",
             "builtins-exec.pt": "builtins.exec", "empty.pt": "not a torch.save zip", "text.pt": "not a torch.save zip"}
 
