@@ -126,11 +126,18 @@ def _refuse(op_name):
     return handler
 
 
+class _Opcodes(dict):
+    """pickle's opcode table; a byte that is no opcode is a corrupt file, said so."""
+
+    def __missing__(self, code):
+        raise FileRefused(f"corrupt or truncated (byte 0x{code:02x} is not a pickle opcode)")
+
+
 class _Unpickler(pickle._Unpickler):
     """pickle's pure-Python unpickler, restricted: ALLOWED globals only, opcodes counted, BUILD only
     onto the inert records, persistent ids only through the load's storages."""
 
-    dispatch = dict(pickle._Unpickler.dispatch)
+    dispatch = _Opcodes(pickle._Unpickler.dispatch)
 
     def __init__(self, reader: _Reader, load: _Load, persistent_load=None):
         super().__init__(reader)
