@@ -217,10 +217,7 @@ def read_checkpoint(path: str):
     """(dict, format) of a published checkpoint file; format 'edm-pkl' or 'rdm-pt'. Refusals name the file."""
     if not os.path.exists(path):
         raise FileNotFoundError(f"no checkpoint file {path}")
-    try:
-        data, kind = safe_load_file(path, what="checkpoint file")
-    except PermissionError as exc:
-        raise FileRefused(f"{path}: cannot read the checkpoint: {exc.strerror}") from exc
+    data, kind = safe_load_file(path, what="checkpoint file")  # refusals name the file and the reason
     if not isinstance(data, dict):
         raise FileRefused(f"{path}: holds a {type(data).__name__}, not the dict of an EDM .pkl or RDM .pt file")
     return data, ("edm-pkl" if kind == "pickle" else "rdm-pt")
