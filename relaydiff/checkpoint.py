@@ -9,7 +9,7 @@ On-disk layout of a run directory (`python -m relaydiff.train --outdir RUN`):
                            "kwargs": {EDMPrecond's kwargs, "model_type": "SongUNet"|"DhariwalUNet",
                            the U-Net's kwargs}} (networks.build_network), "loss": {"class_name":
                            "EDMLoss"|"RelayLoss", "kwargs": {...}}}
-    RUN/checkpoint.pt      the latest training state (torch.save of a dict; load with weights_only=True):
+    RUN/checkpoint.pt      the latest training state (torch.save of a dict; read with safe_load.load):
                            {"format": FORMAT, "step": int (steps finished), "config": config.json's text,
                             "stages": {"1": {"net": sd, "ema": sd, "optimizer": sd}, "2": {...}},
                             "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]}}
@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import re
 
 import torch
@@ -33,6 +32,8 @@ import torch
 from .fileio import append_line, atomic_write, save_json  # noqa: F401  (re-exported: RUN/ files)
 from .networks import MODEL_TYPES, OLD_FAMILY_MESSAGE, build_network
 from .networks import check_network_family as _check_family
+from .safe_load import FileRefused, check_finite, check_finite_number
+from .safe_load import load as safe_load_file
 
 FORMAT = "relaydiff-checkpoint-v1"
 CHECKPOINT_NAME = "checkpoint.pt"
@@ -40,15 +41,17 @@ CONFIG_NAME = "config.json"
 
 
 def save_checkpoint(run_dir: str, step: int, config: dict, stages: dict, rng: dict | None = None) -> str:
-    """Write RUN/config.json and RUN/checkpoint.pt atomically. stages: {"1": {"net": sd, "ema": sd,
+    """Write RUN/checkpoint.pt then RUN/config.json, each atomically. stages: {"1": {"net": sd, "ema": sd,
     "optimizer": sd}, ...} (state_dicts). Returns the checkpoint path."""
     os.makedirs(run_dir, exist_ok=True)
     text = json.dumps(config, indent=2)
-    save_json(os.path.join(run_dir, CONFIG_NAME), config)
     state = {"format": FORMAT, "step": int(step), "config": text,
              "stages": {str(s): d for s, d in stages.items()}, "rng": rng or {}}
     path = os.path.join(run_dir, CHECKPOINT_NAME)
+    # checkpoint.pt first: it carries the config text and every loader reads the config from it, so a
+    # crash before config.json is rewritten leaves the new pair's truth (and the old file on a failure).
     atomic_write(path, lambda f: torch.save(state, f))
+    save_json(os.path.join(run_dir, CONFIG_NAME), config)
     return path
 
 
@@ -61,18 +64,36 @@ def resolve_path(path: str) -> str:
     return path
 
 
+def _to_device(obj, device, depth: int = 0):
+    """obj's tensors moved to device (the checkpoint's nesting is a few levels; safe_load bounds it)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device)
+    if isinstance(obj, dict):
+        return type(obj)((k, _to_device(v, device, depth + 1)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_device(v, device, depth + 1) for v in obj)
+    return obj
+
+
 def load_checkpoint(path: str, map_location="cpu") -> dict:
-    """The checkpoint dict (see the layout above) with "config" parsed to a dict."""
+    """The checkpoint dict (see the layout above) with "config" parsed to a dict, read by
+    safe_load (no code from the file runs); a ValueError naming the file otherwise."""
     path = resolve_path(path)
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, EOFError, RuntimeError, OSError, ValueError) as exc:
-        # Garbage, truncated or unreadable: name the file instead of torch.load's traceback.
-        why = exc.strerror if isinstance(exc, PermissionError) else f"corrupt or truncated ({type(exc).__name__})"
-        raise ValueError(f"{path}: cannot load the checkpoint: {why}") from exc
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a relaydiff checkpoint (format {FORMAT})")
-    state["config"] = json.loads(state["config"])
+        state, fmt = safe_load_file(path, what="checkpoint")
+    except FileRefused as exc:  # garbage, truncated, unsafe or unreadable: one line naming the file
+        raise type(exc)(f"{path}: cannot load the checkpoint: {getattr(exc, 'reason', exc)}") from None
+    if fmt != "zip" or not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise FileRefused(f"{path}: not a relaydiff checkpoint (format {FORMAT})")
+    try:
+        state["config"] = json.loads(state["config"])
+    except (TypeError, KeyError, ValueError, RecursionError) as exc:
+        raise FileRefused(f"{path}: the checkpoint's config is not JSON text ({type(exc).__name__})") from None
+    if not isinstance(state["config"], dict) or not isinstance(state.get("stages"), dict) or \
+            not all(isinstance(d, dict) for d in state["stages"].values()) or type(state.get("step")) is not int:
+        raise FileRefused(f"{path}: not a relaydiff checkpoint (no config, step or stages)")
+    if str(torch.device(map_location)) != "cpu":
+        state = _to_device(state, map_location)
     return state
 
 
@@ -114,6 +135,16 @@ def check_stage_config(stage_config, where: str) -> dict:
                              f"{MAX_LEVELS} ints, got {values!r}")
         for v in values:
             _check_int(v, f"network.kwargs.{field}", low, high, where)
+    for field in ("sigma_data", "sigma_min", "sigma_max", "dropout", "label_dropout", "M", "C_1", "C_2", "beta_d",
+                  "beta_min", "epsilon_t"):
+        if field in kw:
+            check_finite_number(kw[field], where, f"network.kwargs.{field}", allow_inf=field == "sigma_max")
+    if "sigma_data" in kw and not kw["sigma_data"] > 0:
+        raise ValueError(f"{where}: config field network.kwargs.sigma_data must be > 0, got {kw['sigma_data']!r}")
+    loss_kw = (stage_config.get("loss") or {}).get("kwargs") if isinstance(stage_config.get("loss"), dict) else None
+    for field, value in (loss_kw or {}).items() if isinstance(loss_kw, dict) else ():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            check_finite_number(value, where, f"loss.kwargs.{field}")
     res = kw["img_resolution"]
     for field in ("resolution", "img_channels", "label_dim"):
         mine = "img_resolution" if field == "resolution" else field
@@ -181,6 +212,7 @@ def build_checked(spec: dict, state_dict, where: str, device="cpu"):
             raise ValueError(f"{where}: config field {_mismatch_field(key, shape, have[key])} does not match "
                              f"the saved weights: {key} is {list(have[key])} in the checkpoint but "
                              f"{list(shape)} for the config")
+    check_finite(state_dict, where)  # NaN weights would sample black images with exit 0
     net = net.to_empty(device=device)  # every tensor is then overwritten by the strict load below
     net.load_state_dict(state_dict, strict=True)
     return net

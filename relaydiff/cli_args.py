@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 
 
 class Parser(argparse.ArgumentParser):
@@ -71,3 +73,44 @@ nonnegative_int = in_range(int, 0)
 nonnegative_float = in_range(float, 0.0)
 positive_float = in_range(float, 0.0, low_open=True)
 probability = in_range(float, 0.0, 1.0, high_open=True)  # [0, 1)
+
+MAX_SEEDS = 1_000_000  # a seed list longer than this is a typo, not a run (ImageNet's preset uses 50,000)
+
+
+def seed_list(text: str) -> list[int]:
+    """An argparse type: '0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (ranges inclusive, as EDM's
+    generate.py), seeds in [0, 2**32), at most MAX_SEEDS of them (counted before any list is made)."""
+    parts, count = [], 0
+    for part in str(text).split(","):
+        m = re.fullmatch(r"\s*(\d{1,10})\s*(?:-\s*(\d{1,10})\s*)?", part)
+        if not m:
+            raise argparse.ArgumentTypeError(f"bad seed list {text!r}: use e.g. 0-63 or 1,5,9-12")
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo or hi >= 2**32:
+            raise argparse.ArgumentTypeError(f"bad range {part.strip()!r}: seeds go from low to high in [0, 2**32)")
+        count += hi - lo + 1
+        if count > MAX_SEEDS:
+            raise argparse.ArgumentTypeError(f"{text!r} has more than {MAX_SEEDS} seeds")
+        parts.append((lo, hi))
+    return [s for lo, hi in parts for s in range(lo, hi + 1)]
+
+
+def check_sigma_order(sigma_min, sigma_max, where: str = "--sigma-min/--sigma-max") -> None:
+    """ValueError unless 0 < sigma_min < sigma_max (per stage, lists of equal length or scalars)."""
+    lows = sigma_min if isinstance(sigma_min, (list, tuple)) else [sigma_min]
+    highs = sigma_max if isinstance(sigma_max, (list, tuple)) else [sigma_max]
+    for lo, hi in zip(lows if len(lows) > 1 else lows * len(highs), highs if len(highs) > 1 else highs * len(lows),
+                      strict=False):
+        if not 0 < lo < hi:
+            raise ValueError(f"{where}: need 0 < sigma_min < sigma_max, got sigma_min={lo} sigma_max={hi}")
+
+
+def check_outdir(path: str, name: str = "--outdir") -> None:
+    """ValueError naming the option when path exists and is not a folder, or cannot be written."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"{name} {path}: exists and is not a folder")
+    parent = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{name} {path}: {parent} is not a writable folder")

@@ -28,10 +28,12 @@ import tqdm
 
 from . import checkpoint as ckpt
 from . import cli_args as cli
+from . import distributed as dist_util
 from . import eval as evaluation
 from .compare_methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
 from .dataset import open_dataset
 from .method_nets import num_params
+from .safe_load import load_state_dict
 from .training_loop import _save_grid
 
 SMOKE = dict(resolution=16, channels=8, batch=4, budget_kimg=0.008, nfe=5, num_samples=8, grid=8, threads=1)
@@ -110,12 +112,15 @@ def get_unit(name, args, dataset, device):
     base = os.path.join(args.outdir, "units", name)
     info_path = base + ".json"
     if os.path.isfile(info_path) and os.path.isfile(base + ".pt"):
-        with open(info_path) as f:
-            info = json.load(f)
-        if info.get("config") == json.loads(json.dumps(cfg)):
-            net, _ = build_unit(name, cfg)
-            net.load_state_dict(torch.load(base + ".pt", map_location=device, weights_only=True))
-            return net.to(device).eval().requires_grad_(False), info["stats"]
+        try:  # a corrupted unit (either file) is trained again, with a note naming it
+            with open(info_path) as f:
+                info = json.load(f)
+            if info.get("config") == json.loads(json.dumps(cfg)):
+                net, _ = build_unit(name, cfg)
+                net.load_state_dict(load_state_dict(base + ".pt", what="comparison unit"))
+                return net.to(device).eval().requires_grad_(False), dict(info["stats"])
+        except (ValueError, KeyError, TypeError, AttributeError, RuntimeError) as exc:
+            print(f"note: retraining unit {name}: {base}.pt/.json unreadable ({str(exc)[:200]})", file=sys.stderr)
     net, stats = train_unit(name, cfg, dataset, device, progress=not args.no_progress)
     os.makedirs(os.path.dirname(base), exist_ok=True)
     _save_state(base + ".pt", net.state_dict())
@@ -207,10 +212,13 @@ def _run(args, command):
     done_path = os.path.join(args.outdir, "results.json")
     previous = {}
     if os.path.isfile(done_path):
-        with open(done_path) as f:
-            saved = json.load(f)
-        if saved.get("config") == _run_config(args):
-            previous = {r["method"]: r for r in saved.get("rows", [])}
+        try:  # a corrupted results.json: its rows are computed again
+            with open(done_path) as f:
+                saved = json.load(f)
+            if saved.get("config") == _run_config(args):
+                previous = {r["method"]: r for r in saved.get("rows", []) if isinstance(r.get("metrics"), dict)}
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            print(f"note: {done_path} unreadable ({str(exc)[:200]}): computing every method again", file=sys.stderr)
     for method in tqdm.tqdm(args.methods, desc="methods", disable=args.no_progress, leave=False):
         if method in previous:
             rows.append(previous[method])
@@ -269,7 +277,13 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     argv = sys.argv[1:] if argv is None else list(argv)
     command = "python -m relaydiff.compare " + " ".join(shlex.quote(a) for a in argv)
-    rows = run(args, command)
+    try:
+        dist_util.resolve_device(args.device)
+        cli.check_outdir(args.outdir, "--outdir")
+        rows = run(args, command)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(open(os.path.join(args.outdir, "results.md")).read())
     return 0 if rows else 1
 

@@ -57,6 +57,17 @@ def stage_config(info: dict, args) -> dict:
             "label_dim": info["label_dim"], "k": args.k, "network": info["network"], "loss": loss}
 
 
+def check_stages_agree(low: dict, high: dict, k: int, where: str) -> None:
+    """ValueError naming the field unless a stage-1 and a relay stage config make one cascade:
+    relay resolution = k x stage-1 resolution, the same channels and the same label_dim."""
+    if high.get("resolution") != k * low.get("resolution", 0):
+        raise ValueError(f"{where}: the relay stage is {high.get('resolution')} px, the stage-1 network "
+                         f"{low.get('resolution')} px; with --k {k} it must be {k * low.get('resolution', 0)} px")
+    for field in ("img_channels", "label_dim"):
+        if high.get(field) != low.get(field):
+            raise ValueError(f"{where}: {field} is {low.get(field)} for stage 1 but {high.get(field)} for stage 2")
+
+
 def convert(args) -> str:
     """Import args.src and write it as stage args.stage of the run args.outdir; returns the checkpoint path."""
     net, info = import_network(args.src, key=args.key)
@@ -70,8 +81,13 @@ def convert(args) -> str:
             raise ValueError(f"{args.outdir} is a run with k={config['k']}, not --k {args.k}")
         config.setdefault("imported", {})
     key = str(args.stage)
+    mine = stage_config(info, args)
+    other = config["stages"].get(str(3 - args.stage))
+    if isinstance(other, dict):  # the stages joined must make one cascade, checked before anything is written
+        low, high = (mine, other) if args.stage == 1 else (other, mine)
+        check_stages_agree(low, high, args.k, f"{args.outdir}: stage {args.stage} from {args.src}")
     config["k"] = args.k
-    config["stages"][key] = stage_config(info, args)
+    config["stages"][key] = mine
     config["imported"][key] = {"src": os.path.abspath(args.src), "format": info["format"], "key": args.key}
     weights = {name: t.detach().clone() for name, t in net.state_dict().items()}
     # The file's network is the EMA (or, with --key net, the raw weights): both slots hold it, and no
@@ -83,10 +99,11 @@ def convert(args) -> str:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
+        cli.check_outdir(args.outdir)
         path = convert(args)
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2
     print(f"wrote stage {args.stage} of {args.src} to {path}")
     return 0
 

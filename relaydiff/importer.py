@@ -3,7 +3,7 @@
     net, info = import_network("edm-imagenet-64x64-cond-adm.pkl")     # EDM network snapshot
     net, info = import_network("ckpts/imagenet_second_stage.pt")        # RDM training state
 
-The file is read by `safe_unpickle.load_file`, which runs nothing from it: the network under `ema`
+The file is read by `safe_load.load`, which runs nothing from it: the network under `ema`
 (or `net`) comes back as inert records of EDM's class names with their saved state. From the
 record of the preconditioning wrapper (EDMPrecond / VPPrecond / VEPrecond / iDDPMPrecond) this takes the
 constructor arguments the EDM persistence decorator recorded (`_init_args`, `_init_kwargs`; for a
@@ -16,14 +16,15 @@ with load_state_dict(strict=True). `info` holds the JSON network spec (what conv
 from __future__ import annotations
 
 import inspect
-import pickle
-import zipfile
+import os
 
 import torch
 
 from . import networks
 from .checkpoint import build_checked, check_stage_config
-from .safe_unpickle import EDM_CLASSES, TORCH_CONTAINERS, ObjectRecord, PersistentRecord, UnsafePickleError, load_file
+from .safe_load import FileRefused
+from .safe_load import load as safe_load_file
+from .safe_unpickle import EDM_CLASSES, TORCH_CONTAINERS, ObjectRecord, PersistentRecord
 
 # EDM's default model_type per wrapper (NVlabs/edm training/networks.py), for a record without one.
 PRECONDS = {"EDMPrecond": "DhariwalUNet", "VPPrecond": "SongUNet", "VEPrecond": "SongUNet",
@@ -214,18 +215,11 @@ def state_dict_of(record, where: str, prefix: str = "", out=None, depth: int = 0
 
 def read_checkpoint(path: str):
     """(dict, format) of a published checkpoint file; format 'edm-pkl' or 'rdm-pt'. Refusals name the file."""
-    try:
-        data, kind = load_file(path)
-    except UnsafePickleError as exc:
-        raise UnsafePickleError(f"{path}: {exc}") from exc
-    except FileNotFoundError:
-        raise
-    except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, zipfile.BadZipFile, OSError) as exc:
-        why = exc.strerror if isinstance(exc, PermissionError) else \
-            f"corrupt or truncated ({type(exc).__name__}: {exc})"
-        raise ValueError(f"{path}: cannot read the checkpoint: {why}") from exc
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no checkpoint file {path}")
+    data, kind = safe_load_file(path, what="checkpoint file")  # refusals name the file and the reason
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: holds a {type(data).__name__}, not the dict of an EDM .pkl or RDM .pt file")
+        raise FileRefused(f"{path}: holds a {type(data).__name__}, not the dict of an EDM .pkl or RDM .pt file")
     return data, ("edm-pkl" if kind == "pickle" else "rdm-pt")
 
 

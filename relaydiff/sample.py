@@ -23,35 +23,21 @@ released THUDM/RelayDiffusion generate.py; nothing from the files is executed, s
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import pickle
-import re
 import sys
 
 import numpy as np
 import PIL.Image
-import PIL.ImageEnhance
 import torch
 import tqdm
 
 from . import cli_args as cli
 from . import distributed as dist_util
-from . import presets, sampling
+from . import images, presets, sampling
+from .images import save_png, to_uint8, write_grid
 
-
-def parse_int_list(text: str) -> list[int]:
-    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (ranges inclusive, as EDM)."""
-    out = []
-    for part in text.split(","):
-        m = re.fullmatch(r"\s*(\d+)\s*(?:-\s*(\d+)\s*)?", part)
-        if not m:
-            raise argparse.ArgumentTypeError(f"bad seed list {text!r}: use e.g. 0-63 or 1,5,9-12")
-        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
-        if hi < lo:
-            raise argparse.ArgumentTypeError(f"bad range {part!r}")
-        out.extend(range(lo, hi + 1))
-    return out
+parse_int_list = cli.seed_list  # '0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (ranges inclusive, as EDM)
 
 
 def parse_args(argv=None):
@@ -78,13 +64,13 @@ def parse_args(argv=None):
     per = "one number for every stage, or one per stage (stage 1 first)"
     p.add_argument("--steps", type=cli.number_list(int, 1, 100_000), default=None,
                    help=f"Karras steps: {per}; default the preset's, else 18 for stage 1 and 40 for each relay stage")
-    p.add_argument("--cfg", type=cli.number_list(float), default=None,
+    p.add_argument("--cfg", type=cli.number_list(float, 0.0, 100.0), default=None,
                    help=f"classifier-free guidance scale: {per}; default the preset's, else 1 (none)")
-    p.add_argument("--sigma-min", type=cli.number_list(float, 0.0), default=None,
+    p.add_argument("--sigma-min", type=cli.number_list(float, 1e-6, 1e6), default=None,
                    help=f"lowest noise level: {per}; default the preset's, else 0.002 / 0.008")
-    p.add_argument("--sigma-max", type=cli.number_list(float, 0.0), default=None,
+    p.add_argument("--sigma-max", type=cli.number_list(float, 1e-6, 1e6), default=None,
                    help=f"highest noise level: {per}; default the preset's, else 80")
-    p.add_argument("--rho", type=cli.number_list(float, 0.0), default=None,
+    p.add_argument("--rho", type=cli.number_list(float, 0.1, 100.0), default=None,
                    help=f"Karras time-step exponent: {per}; default the preset's, else 7")
     p.add_argument("--S-churn", dest="S_churn", type=cli.nonnegative_float, default=None,
                    help="stage-1 stochasticity strength (EDM Algorithm 2); default the preset's, else 0")
@@ -107,8 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--class-rule", choices=["random", "seed-mod"], default=None,
                    help="labels when --class is not given: a class drawn from each seed, or seed %% label_dim "
                    "(released generate.py); default the preset's, else random")
-    p.add_argument("--seeds", type=parse_int_list, default=None,
-                   help="e.g. 0-63 or 1,5,9-12; default the preset's, else 0-63")
+    p.add_argument("--seeds", type=cli.seed_list, default=None,
+                   help=f"e.g. 0-63 or 1,5,9-12 (at most {cli.MAX_SEEDS}); default the preset's, else 0-63")
     p.add_argument("--noise", choices=("philox", "torch"), default="philox",
                    help="philox: relaydiff's per-image streams (the same image on every device and batch); "
                         "torch: the released generate scripts' streams (one torch.Generator per seed), so a seed "
@@ -133,7 +119,10 @@ def parse_args(argv=None):
     p.add_argument("--enhance", action=argparse.BooleanOptionalAction, default=None,
                    help="apply the released scripts' PIL contrast/brightness/colour enhancement to the saved "
                    "images; default on with a preset, else off")
-    p.add_argument("--grid-cols", type=cli.positive_int, default=None, help="grid columns (default: about sqrt(n))")
+    p.add_argument("--grid", type=cli.in_range(int, 0, 4096), default=images.GRID_LIMIT,
+                   help="OUTDIR/grid.png tiles the first N images (0: no grid)")
+    p.add_argument("--grid-cols", type=cli.in_range(int, 1, 4096), default=None,
+                   help="grid columns (default: about sqrt(n))")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
     args = p.parse_args(argv)
     if args.run is not None and (args.network_first or args.network_second):
@@ -142,6 +131,11 @@ def parse_args(argv=None):
         p.error("give --run RUN, or --network-first / --network-second (released checkpoint files)")
     if args.seeds is None:
         args.seeds = parse_int_list(presets.preset(args.preset)["seeds"] if args.preset else "0-63")
+    if args.sigma_min is not None and args.sigma_max is not None:
+        try:
+            cli.check_sigma_order(args.sigma_min, args.sigma_max)
+        except ValueError as exc:
+            p.error(str(exc))
     return args
 
 
@@ -311,19 +305,7 @@ def class_labels_for(seeds, label_dim, class_idx, device, rule="random"):
 # ---------------------------------------------------------------------------- images
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC."""
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
-def save_png(arr: np.ndarray, path: str, enhance: dict | None = None) -> None:
-    """Write one HWC uint8 image; enhance = {"contrast", "brightness", "color": factor} applies PIL's
-    ImageEnhance in that order, as the released generate_*.py img_enhance() does."""
-    img = PIL.Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr)
-    for name in ("contrast", "brightness", "color"):
-        if enhance and name in enhance:
-            img = getattr(PIL.ImageEnhance, name.capitalize())(img).enhance(enhance[name])
-    img.save(path)
+MAX_LOW_RES = 4096  # px per side of a --low-res image (the released relay inputs are 64 px)
 
 
 def load_low_res(folder: str, seeds, channels: int, device) -> torch.Tensor:
@@ -334,24 +316,19 @@ def load_low_res(folder: str, seeds, channels: int, device) -> torch.Tensor:
             raise FileNotFoundError(
                 f"--low-res: no image {path} for seed {s} (write them with --stages first)"
             )
-        arr = np.asarray(PIL.Image.open(path).convert("L" if channels == 1 else "RGB"))
+        try:  # the header's size is checked before any pixel is decoded (a small file may claim 100k x 100k)
+            with PIL.Image.open(path) as im:
+                if im.width > MAX_LOW_RES or im.height > MAX_LOW_RES:
+                    raise ValueError(f"--low-res: {path} is {im.width}x{im.height}, larger than {MAX_LOW_RES} px")
+                if imgs and im.size != (imgs[0].shape[1], imgs[0].shape[0]):
+                    raise ValueError(f"--low-res: {path} is {im.width}x{im.height}, the first image "
+                                     f"{imgs[0].shape[1]}x{imgs[0].shape[0]}")
+                arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
+        except (OSError, SyntaxError, PIL.Image.DecompressionBombError) as exc:  # not a (whole) image
+            raise ValueError(f"--low-res: cannot read {path} as an image ({type(exc).__name__})") from None
         imgs.append(arr.reshape(arr.shape[0], arr.shape[1], -1))
     x = torch.from_numpy(np.stack(imgs)).permute(0, 3, 1, 2).to(device, torch.float32)
     return (x - 127.5) / 127.5
-
-
-def write_grid(paths, out_path, cols=None) -> None:
-    imgs = [np.asarray(PIL.Image.open(p)) for p in paths]
-    if not imgs:
-        return
-    cols = cols or max(1, math.ceil(math.sqrt(len(imgs))))
-    rows = math.ceil(len(imgs) / cols)
-    h, w = imgs[0].shape[:2]
-    grid = np.zeros((rows * h, cols * w) + imgs[0].shape[2:], dtype=np.uint8)
-    for i, img in enumerate(imgs):
-        r, c = divmod(i, cols)
-        grid[r * h : (r + 1) * h, c * w : (c + 1) * w] = img
-    PIL.Image.fromarray(grid).save(out_path)
 
 
 # ---------------------------------------------------------------------------- main
@@ -397,6 +374,10 @@ def generate(args) -> list[str]:
             disable=True,
             noise=args.noise,
         )
+        for stage_out in outs:
+            if not bool(torch.isfinite(stage_out).all()):  # NaN weights, sigma_data or guidance: not black PNGs
+                raise ValueError(f"the sampler produced NaN or infinite pixels (seeds {batch_seeds[0]}-"
+                                 f"{batch_seeds[-1]}): check the network's weights and the sampler options")
         final = to_uint8(outs[-1])
         for s, img in zip(batch_seeds, final, strict=False):
             save_png(img, os.path.join(args.outdir, f"{s:06d}.png"), enhance)
@@ -409,7 +390,7 @@ def generate(args) -> list[str]:
     dist_util.barrier()
     paths = [os.path.join(args.outdir, f"{s:06d}.png") for s in args.seeds]
     if rank == 0:
-        write_grid(paths, os.path.join(args.outdir, "grid.png"), args.grid_cols)
+        write_grid(paths, os.path.join(args.outdir, "grid.png"), args.grid_cols, limit=args.grid)
     return paths
 
 
@@ -423,6 +404,7 @@ def main(argv=None) -> int:
         return 2
     try:
         dist_util.resolve_device(args.device)
+        cli.check_outdir(args.outdir)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

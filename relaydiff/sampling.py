@@ -197,6 +197,21 @@ def _check_sigmas(sigmas, x: torch.Tensor) -> int:
     return sigmas.numel() - 1
 
 
+def check_sampler_args(sigmas, s_churn: float = 0.0, **options) -> None:
+    """ValueError for a schedule that is not strictly decreasing (a final 0 allowed; checked where the
+    values are readable for free, as _check_sigmas), s_churn < 0, or a non-finite option (s_tmax may
+    be +inf, EDM's default)."""
+    if isinstance(sigmas, torch.Tensor) and sigmas.device.type == "cpu" and not torch.compiler.is_compiling():
+        t = sigmas.tolist()
+        if any(not b < a for a, b in zip(t, t[1:], strict=False)):
+            raise ValueError(f"sigmas must be strictly decreasing (a final 0 allowed), got {t}")
+    for name, value in {"s_churn": s_churn, **options}.items():
+        if isinstance(value, (int, float)) and not (math.isfinite(value) or (name == "s_tmax" and value == math.inf)):
+            raise ValueError(f"{name} must be finite, got {value}")
+    if not s_churn >= 0:
+        raise ValueError(f"s_churn must be >= 0, got {s_churn}")
+
+
 # --------------------------------------------------------------------------------------------
 # Stage 1: EDM's stochastic Heun sampler (EDM Algorithm 2; k-diffusion sample_heun).
 
@@ -230,6 +245,7 @@ def sample_edm(model, x, sigmas, extra_args=None, callback=None, disable=None, *
     """
     extra_args = {} if extra_args is None else extra_args
     n_steps = _check_sigmas(sigmas, x)
+    check_sampler_args(sigmas, s_churn, s_tmin=s_tmin, s_tmax=s_tmax, s_noise=s_noise, sde_scale=sde_scale)
     if not 0.0 <= sde_scale < 1.0:  # g < t_next keeps sqrt(t_next^2 - g^2) real and the step forward
         raise ValueError(f"sde_scale must be in [0, 1), got {sde_scale}")
     batch, device, out_dtype = x.shape[0], x.device, x.dtype
@@ -374,6 +390,7 @@ def sample_relay(model, x, sigmas, extra_args=None, callback=None, disable=None,
     """
     extra_args = {} if extra_args is None else extra_args
     n_listed = _check_sigmas(sigmas, x)
+    check_sampler_args(sigmas, s_noise=s_noise, s_block=s_block, blur_sigma_max=blur_sigma_max, prob_length=prob_length)
     batch, device, dtype = x.shape[0], x.device, x.dtype
     up_scale = _up_scale(model, x, up_scale)
     if not isinstance(churn_draw, bool):

@@ -171,6 +171,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         opts = vars(args)
+        cli.check_outdir(args.outdir)
         if args.resume:
             opts = resume_options(opts, explicit_options(argv))
         result = training_loop(**opts)
