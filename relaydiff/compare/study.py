@@ -26,13 +26,13 @@ import PIL.Image
 import torch
 import tqdm
 
-from . import checkpoint as ckpt
-from . import cli_args as cli
-from . import eval as evaluation
-from .compare_methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
-from .dataset import open_dataset
-from .method_nets import num_params
-from .training_loop import _save_grid
+from .. import checkpoint as ckpt
+from .. import cli_args as cli
+from .. import eval as evaluation
+from ..dataset import open_dataset
+from ..training_loop import _save_grid
+from .methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
+from .nets import num_params
 
 SMOKE = dict(resolution=16, channels=8, batch=4, budget_kimg=0.008, nfe=5, num_samples=8, grid=8, threads=1)
 
@@ -272,7 +272,3 @@ def main(argv=None) -> int:
     rows = run(args, command)
     print(open(os.path.join(args.outdir, "results.md")).read())
     return 0 if rows else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
