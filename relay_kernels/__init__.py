@@ -13,6 +13,7 @@ from ._backend import BACKENDS, BackendUnavailableError, get_backend, set_backen
 from .functional import (
     block_filter,
     block_noise,
+    check_sampler_scalars,
     patch_blur,
     patch_dct,
     patch_idct,
@@ -29,6 +30,7 @@ __all__ = [
     "BackendUnavailableError",
     "block_filter",
     "block_noise",
+    "check_sampler_scalars",
     "get_backend",
     "patch_blur",
     "patch_dct",

@@ -14,12 +14,12 @@ from typing import Callable
 
 import torch
 
-from . import _ops, reference
+from . import _contract, _ops, reference
+from ._contract import FUSED_PATCH_SIZES
 
 BACKENDS = ("auto", "reference", "cpu", "cuda", "triton", "cuda_emu")
 # Suffix of each compiled backend's op names (torch.ops.relay_kernels.<op><suffix>).
 OP_VARIANTS = {"cpu": "", "cuda": "", "triton": "_triton", "cuda_emu": _ops.CUDA_EMU_VARIANT}
-FUSED_PATCH_SIZES = (2, 4, 8, 16)
 
 
 class BackendUnavailableError(RuntimeError):
@@ -105,8 +105,32 @@ class Kernels:
     relay_fused: Callable
 
 
-REFERENCE = Kernels("reference", reference.patch_dct, reference.block_filter, reference.noise,
-                    reference.relay_fused)
+def _reference_kernels() -> Kernels:
+    """The reference math under the kernel contract (_contract), as the compiled and Triton ops
+    apply it, except that the reference takes any patch size k >= 1."""
+
+    def patch_dct(x, k, inverse):
+        _contract.check_patch_dct(x, k, patch_sizes=None)
+        return reference.patch_dct(x, k, inverse)
+
+    def block_filter(e, block_size, transpose):
+        _contract.check_block_filter(e, block_size)
+        return reference.block_filter(e, block_size, transpose)
+
+    def noise(seed, shape, offset, block_size, dtype):
+        _contract.check_noise(seed, shape, offset, block_size, dtype)
+        return reference.noise(seed, shape, offset, block_size, dtype)
+
+    def relay_fused(inputs, weights, noise_scale, block_scale, block_size, seed, offset, noise, noise_block):
+        _contract.check_relay_fused(inputs, weights, noise_scale, block_size, seed, offset, noise, noise_block,
+                                    patch_sizes=None)
+        return reference.relay_fused(inputs, weights, noise_scale, block_scale, block_size, seed, offset, noise,
+                                     noise_block)
+
+    return Kernels("reference", patch_dct, block_filter, noise, relay_fused)
+
+
+REFERENCE = _reference_kernels()
 
 
 def _make_op_kernels(name: str, variant: str) -> Kernels:

@@ -25,8 +25,7 @@ import numbers
 
 import torch
 
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-FLOAT32_MAX, FLOAT32_TINY = torch.finfo(torch.float32).max, torch.finfo(torch.float32).tiny
+from ._contract import FLOAT32_MAX, FLOAT_DTYPES, INT64_MAX, INT64_MIN
 
 
 def _can_read_values(t: torch.Tensor) -> bool:
@@ -191,9 +190,6 @@ def real(value, name: str, low: float = -FLOAT32_MAX, high: float = FLOAT32_MAX,
         raise ValueError(f"{name} must be finite and in {'(' if open_low else '['}{_fmt(low)}, {_fmt(high)}], "
                          f"got {value}")
     return v
-
-
-INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def seeds(seed, batch: int, device) -> torch.Tensor:

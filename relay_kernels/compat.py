@@ -11,7 +11,7 @@ import torch
 
 from . import functional as F
 from . import reference
-from ._backend import FUSED_PATCH_SIZES
+from ._contract import FUSED_PATCH_SIZES
 
 
 def _unnormalized_scale(size: int, dtype, device) -> torch.Tensor:

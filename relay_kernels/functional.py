@@ -14,6 +14,7 @@ import torch
 from . import _validate as check
 from . import reference
 from ._backend import resolve
+from ._contract import FLOAT32_TINY, FLOAT_DTYPES, compute_dtype, stream_capturing
 
 
 def _kernels(x: torch.Tensor, k: int | None = None, backend: str | None = None):
@@ -51,13 +52,7 @@ def patch_idct(u: torch.Tensor, k: int = 4, *, backend: str | None = None) -> to
 
 
 def _weight_dtype(x: torch.Tensor) -> torch.dtype:
-    return reference.compute_dtype(x.dtype)
-
-
-def stream_capturing(device: torch.device) -> bool:
-    """Whether the current stream of a CUDA device is capturing a CUDA graph. Asked only for CUDA
-    devices, so CPU calls and import never touch CUDA."""
-    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+    return compute_dtype(x.dtype)
 
 
 _FREQUENCY_SQUARES: dict = {}
@@ -108,7 +103,7 @@ def _device(device, seed) -> torch.device:
 
 
 def _noise_dtype(dtype) -> torch.dtype:
-    if dtype not in check.FLOAT_DTYPES:
+    if dtype not in FLOAT_DTYPES:
         raise TypeError(f"dtype must be float16, bfloat16, float32 or float64, got {dtype}")
     return dtype
 
@@ -193,12 +188,22 @@ def _sampler_args(x_cur, t_cur, t_next, k, s_noise, s_block, prob_length, blur_s
     # The Heun correction divides by t_next (D'); the sampler's last step (t_next = 0) is Euler only.
     tn = check.per_sample(t_next, "t_next", x_cur, wdt, positive=correct, nonnegative=not correct)
     check.time_ratios(t_cur, t_next, wdt, both=correct)
-    s_noise = check.unit_interval(s_noise, "s_noise")
     check.real(s_block, "s_block")
-    check.real(prob_length, "prob_length", check.FLOAT32_TINY)  # b(sigma) divides Phi <= 1 by it
+    s_noise = check_sampler_scalars(s_noise, blur_sigma_max, prob_length, min_scale)
+    return k, tc, tn, s_noise
+
+
+def check_sampler_scalars(s_noise: float = 0.2, blur_sigma_max: float = 3.0, prob_length: float = 0.93,
+                          min_scale: float = 1e-3) -> float:
+    """The checks relay_step and relay_correct make on the op-wide floats of their weights (for a
+    caller that builds the weights itself with reference.relay_step_weights / relay_correct_weights):
+    s_noise in [0, 1), blur_sigma_max in [0, float32 max], prob_length in [float32 tiny, float32
+    max] (b(sigma) divides Phi <= 1 by it), min_scale in [0, 1]. Returns s_noise as a float."""
+    s_noise = check.unit_interval(s_noise, "s_noise")
+    check.real(prob_length, "prob_length", FLOAT32_TINY)
     check.real(blur_sigma_max, "blur_sigma_max", 0.0)
     check.real(min_scale, "min_scale", 0.0, 1.0)
-    return k, tc, tn, s_noise
+    return s_noise
 
 
 def _precomputed(weights, x_cur, n_inputs: int, k: int, t_cur, t_next):

@@ -25,6 +25,8 @@ import math
 
 import torch
 
+from ._contract import compute_dtype  # (also public as reference.compute_dtype)
+
 # --------------------------------------------------------------------------------------------
 # Section 1: patch DCT.
 
@@ -36,11 +38,6 @@ def dct_matrix(k: int, dtype=torch.float64, device=None) -> torch.Tensor:
     c = torch.cos(math.pi * (2 * n[None, :] + 1) * u / (2 * k)) * math.sqrt(2.0 / k)
     c[0] = math.sqrt(1.0 / k)
     return c.to(dtype)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Half types are computed in float32, float32 and float64 in themselves."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def _to_patches(x: torch.Tensor, k: int) -> torch.Tensor:

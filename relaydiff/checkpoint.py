@@ -31,7 +31,7 @@ import torch
 
 from .fileio import append_line, atomic_write, save_json  # noqa: F401  (re-exported: RUN/ files)
 from .networks import MODEL_TYPES, OLD_FAMILY_MESSAGE, build_network
-from .networks import check_network_family as _check_family
+from .networks import refuse_old_network_family as _check_family
 from .safe_load import FileRefused, check_finite, check_finite_number
 from .safe_load import load as safe_load_file
 

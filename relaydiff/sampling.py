@@ -30,7 +30,7 @@ import torch.nn.functional as F
 import tqdm.auto as tqdm_auto
 
 import relay_kernels as rk
-from relay_kernels import _validate, reference
+from relay_kernels import reference
 
 STAGE_STRIDE = 1 << 40  # counter offset between cascade stages (counters are 64-bit)
 
@@ -321,10 +321,7 @@ def relay_schedule_weights(t: torch.Tensor, batch: int, k=4, s_noise=0.2, blur_s
     ops call per step when given t_cur and t_next; t is in the ops' compute dtype.
     """
     # The checks the ops make when they build the weights themselves.
-    s_noise = _validate.unit_interval(s_noise, "s_noise")
-    _validate.real(prob_length, "prob_length", _validate.FLOAT32_TINY)
-    _validate.real(blur_sigma_max, "blur_sigma_max", 0.0)
-    _validate.real(min_scale, "min_scale", 0.0, 1.0)
+    s_noise = rk.check_sampler_scalars(s_noise, blur_sigma_max, prob_length, min_scale)
     t_cur, t_next = t[:-1, None].expand(-1, batch).reshape(-1), t[1:, None].expand(-1, batch).reshape(-1)
     args = (k, s_noise, blur_sigma_max, prob_length, min_scale)
     step, scale = reference.relay_step_weights(t_cur, t_next, *args)

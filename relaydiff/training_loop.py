@@ -15,7 +15,6 @@ resumed run therefore reproduces an uninterrupted one exactly.
 from __future__ import annotations
 
 import copy
-import importlib.util
 import json
 import os
 import re
@@ -31,6 +30,7 @@ import tqdm
 
 from . import checkpoint as ckpt
 from . import distributed as dist_util
+from . import sampling
 from .augment import AUGMENT_DIM
 from .dataset import TrainingBatches, open_dataset
 from .loss import EDMLoss, RelayLoss, drop_labels, take_label_dropout
@@ -117,59 +117,24 @@ def _build_loss(spec: dict):
 def _preview_samples(net1, net2, labels, x_low, seed, opts):
     """(stage-1 samples or None, relay outputs or None) in [-1, 1] for the preview grid.
 
-    Uses relaydiff.sampling when it is there; otherwise a minimal EDM Euler + rk.relay_step loop.
     x_low (the real images pooled by k) is relayed when there is no stage-1 net.
     """
     n, dev = labels.shape[0] if labels is not None else x_low.shape[0], x_low.device
     seeds = torch.arange(seed, seed + n, dtype=torch.int64, device=dev)
     relay_kw = dict(k=opts["k"], s_block=opts["block_scale"], blur_sigma_max=opts["blur_sigma_max"],
                     prob_length=opts["prob_length"])
-    if importlib.util.find_spec("relaydiff.sampling") is not None:
-        from . import sampling
-
-        low = None
-        if net1 is not None:
-            latents = sampling.latents_from_seeds(seeds, tuple(x_low.shape[1:]), device=dev)
-            sig1 = sampling.get_sigmas_karras(opts["preview_steps"], net=net1, device=dev)
-            low = sampling.sample_edm(sampling.CFGDenoiser(net1), latents.double() * sig1[0], sig1,
-                                      {"class_labels": labels}, disable=True, seeds=seeds).float().clamp(-1, 1)
-        high = None
-        if net2 is not None:
-            high = sampling.sample_relay(sampling.CFGDenoiser(net2), low if low is not None else x_low,
-                                         sampling.get_sigmas_relay(40, net=net2, device=dev),
-                                         {"class_labels": labels}, disable=True, seeds=seeds, offset=1 << 40,
-                                         **relay_kw)
-        return low, high
-    return _fallback_samples(net1, net2, labels, x_low, seeds, opts, relay_kw)
-
-
-def _fallback_samples(net1, net2, labels, x_low, seeds, opts, relay_kw):
-    import relay_kernels as rk
-    from relay_kernels import reference
-
     low = None
     if net1 is not None:
-        t = reference.karras_sigmas(opts["preview_steps"], 0.002, 80.0)
-        t = torch.cat([t, torch.zeros(1, dtype=torch.float64)])
-        x = rk.randn(tuple(x_low.shape), seeds).to(x_low.device) * t[0].item()
-        ones = torch.ones(x.shape[0], device=x.device)
-        for t_cur, t_next in zip(t[:-1].tolist(), t[1:].tolist(), strict=True):  # EDM Euler (Eq. 4)
-            x = x + (t_next - t_cur) * (x - net1(x, ones * t_cur, labels)) / t_cur
-        low = x.clamp(-1, 1)
+        latents = sampling.latents_from_seeds(seeds, tuple(x_low.shape[1:]), device=dev)
+        sig1 = sampling.get_sigmas_karras(opts["preview_steps"], net=net1, device=dev)
+        low = sampling.sample_edm(sampling.CFGDenoiser(net1), latents.double() * sig1[0], sig1,
+                                  {"class_labels": labels}, disable=True, seeds=seeds).float().clamp(-1, 1)
     high = None
     if net2 is not None:
-        start = low if low is not None else x_low
-        t = reference.relay_sigmas(40)
-        x = F.interpolate(start, scale_factor=opts["k"], mode="nearest")
-        x = x + t[0].item() * rk.randn(tuple(x.shape), seeds, 1 << 40)
-        ones = torch.ones(x.shape[0], device=x.device)
-        for i in range(t.numel() - 1):  # RDM Algorithm 1, Euler steps only
-            den = net2(x, ones * t[i].item(), labels)
-            if i == t.numel() - 2:
-                break
-            x = rk.relay_step(x, den, ones * t[i].item(), ones * t[i + 1].item(), seed=seeds,
-                              offset=(1 << 40) + (i + 1) * 2 * x[0].numel(), **relay_kw)
-        high = den
+        high = sampling.sample_relay(sampling.CFGDenoiser(net2), low if low is not None else x_low,
+                                     sampling.get_sigmas_relay(40, net=net2, device=dev),
+                                     {"class_labels": labels}, disable=True, seeds=seeds,
+                                     offset=sampling.STAGE_STRIDE, **relay_kw)
     return low, high
 
 

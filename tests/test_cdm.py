@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from test_sampling import EDMPosterior, make_data
 
 from relaydiff import sampling
-from relaydiff.cdm import CDMLoss, augment_condition, sample_cdm
-from relaydiff.method_nets import Precond
+from relaydiff.compare.cdm import CDMLoss, augment_condition, sample_cdm
+from relaydiff.compare.nets import Precond
 
 
 class CondRecorder:

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from relaydiff import compare, sampling
-from relaydiff.compare_methods import METHODS, UNITS, build_unit, match_nfe, sample_method, unit_budget
-from relaydiff.single_stage import heun_nfe
+from relaydiff.compare.methods import METHODS, UNITS, build_unit, match_nfe, sample_method, unit_budget
+from relaydiff.compare.single_stage import heun_nfe
 
 CFG = dict(resolution=16, k=4, channels=8, channel_mult_low=(1, 2), channel_mult_high=(1, 2), attn_res=(),
            num_blocks=1, aug_max=1.0, low_fraction=0.5, block_scale=0.15, cond_sigma=0.2, budget_kimg=1.0,

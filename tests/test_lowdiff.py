@@ -9,9 +9,9 @@ import torch.nn.functional as F
 from test_sampling import make_data
 
 from relaydiff import sampling
-from relaydiff.cdm import augment_condition
-from relaydiff.compare_methods import build_unit
-from relaydiff.lowdiff import LowDiffLoss, LowDiffNet, sample_lowdiff
+from relaydiff.compare.cdm import augment_condition
+from relaydiff.compare.lowdiff import LowDiffLoss, LowDiffNet, sample_lowdiff
+from relaydiff.compare.methods import build_unit
 
 ARCH = dict(model_channels=8, channel_mult=(1, 2), attn_resolutions=())
 

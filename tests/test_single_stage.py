@@ -8,8 +8,8 @@ import torch
 from test_sampling import EDMPosterior, make_data
 
 from relaydiff import sampling
+from relaydiff.compare.single_stage import heun, heun_nfe, sample_single_stage
 from relaydiff.loss import EDMLoss
-from relaydiff.single_stage import heun, heun_nfe, sample_single_stage
 
 
 class Recorder:

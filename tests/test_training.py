@@ -15,8 +15,7 @@ import torch.multiprocessing as mp
 
 import relay_kernels as rk
 from relaydiff import checkpoint, distributed, train
-from relaydiff.networks import EDMPrecond
-from relaydiff.training_loop import DEFAULTS, _fallback_samples, training_loop
+from relaydiff.training_loop import training_loop
 
 # 8x8 relay stage over a 2x2 first stage: a whole step takes milliseconds.
 TINY = dict(resolution=8, k=4, batch=8, channels=8, channel_mult1="1", channel_mult2="1,2", attn_res="4",
@@ -271,19 +270,6 @@ def test_fused_and_reference_backends_train_the_same(tmp_path):
 def test_bf16_autocast_runs(tmp_path):
     out = _run(tmp_path, steps=2, bf16=True, stage="2")
     assert all(np.isfinite(out["losses"]["2"]))
-
-
-def test_fallback_preview_sampler():
-    torch.manual_seed(0)
-    net1 = EDMPrecond(2, 3, label_dim=0, model_channels=8, channel_mult=(1,), attn_resolutions=()).eval()
-    net2 = EDMPrecond(8, 3, label_dim=0, model_channels=8, channel_mult=(1,), attn_resolutions=()).eval()
-    seeds = torch.arange(3)
-    with torch.no_grad():
-        relay_kw = dict(k=4, s_block=0.15, blur_sigma_max=3.0, prob_length=0.93)
-        low, high = _fallback_samples(net1, net2, None, torch.zeros(3, 3, 2, 2), seeds,
-                                      {**DEFAULTS, "preview_steps": 4}, relay_kw)
-    assert low.shape == (3, 3, 2, 2) and high.shape == (3, 3, 8, 8)
-    assert torch.isfinite(high).all()
 
 
 def _leave_temporaries(run_dir):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import cpu_backends
 
 import relay_kernels as rk
 from relay_kernels import reference
@@ -69,6 +70,20 @@ def test_bad_input(backend, case):
     fn, exc, match = BAD[case]
     with pytest.raises(exc, match=match):
         fn(backend)
+
+
+@pytest.mark.parametrize("case", list(BAD), ids=list(BAD))
+def test_same_error_on_every_backend(case):
+    """More than the match above: one exception type and one whole message on every backend here."""
+    outcomes = {}
+    for name, reason in cpu_backends():
+        if reason is None:
+            with pytest.raises(Exception) as info:
+                BAD[case][0](name)
+            outcomes[name] = (type(info.value), str(info.value))
+    if len(outcomes) < 2:
+        pytest.skip(f"only {list(outcomes)} run here: nothing to compare")
+    assert len(set(outcomes.values())) == 1, outcomes
 
 
 def test_unknown_backend():

@@ -100,7 +100,7 @@ void run_box_rows(const BoxArgs<T>& args, int64_t planes) {
 
 at::Tensor noise_cpu(const at::Tensor& seed_in, at::IntArrayRef shape, int64_t offset, int64_t block_size,
                      at::ScalarType dtype) {
-  check_noise(seed_in, shape, block_size, dtype);
+  check_noise(seed_in, shape, offset, block_size, dtype);
   const at::Tensor seed = seed_in.contiguous();
   at::Tensor out = at::empty(shape, seed.options().dtype(dtype));
   if (out.numel() == 0) return out;

@@ -336,7 +336,7 @@ at::Tensor relay_fused_cpu(at::TensorList inputs_in, const at::Tensor& weights,
                            const std::optional<at::Tensor>& noise_scale, double block_scale, int64_t block_size,
                            const std::optional<at::Tensor>& seed, int64_t offset,
                            const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& noise_block) {
-  const FusedShape fs = check_relay_fused(inputs_in, weights, noise_scale, block_size, seed, noise, noise_block);
+  const FusedShape fs = check_relay_fused(inputs_in, weights, noise_scale, block_size, seed, offset, noise, noise_block);
   std::vector<at::Tensor> inputs;
   inputs.reserve(inputs_in.size());
   for (const at::Tensor& x : inputs_in) inputs.push_back(x.contiguous());

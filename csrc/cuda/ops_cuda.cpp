@@ -92,7 +92,7 @@ at::Tensor block_filter_cuda(const at::Tensor& e_in, int64_t block_size, bool tr
 
 at::Tensor noise_cuda(const at::Tensor& seed_in, at::IntArrayRef shape, int64_t offset, int64_t block_size,
                       at::ScalarType dtype) {
-  check_noise(seed_in, shape, block_size, dtype);
+  check_noise(seed_in, shape, offset, block_size, dtype);
   check_cuda(seed_in, "seed");
   const DeviceGuard guard(seed_in.device());
   const at::Tensor seed = seed_in.contiguous();
@@ -117,7 +117,7 @@ at::Tensor relay_fused_cuda(at::TensorList inputs, const at::Tensor& weights,
                             const std::optional<at::Tensor>& seed, int64_t offset,
                             const std::optional<at::Tensor>& noise, const std::optional<at::Tensor>& noise_block) {
   const FusedShape fs =
-      check_relay_fused(inputs, weights, noise_scale, block_size, seed, noise, noise_block);
+      check_relay_fused(inputs, weights, noise_scale, block_size, seed, offset, noise, noise_block);
   const at::Tensor& x0 = inputs[0];
   check_cuda(x0, "inputs[0]");
   check_plane(fs.height, fs.width);

@@ -1,9 +1,12 @@
 // Input checks of the kernel contract (docs/KERNELS.md), shared by the CPU kernels and the CUDA
-// host glue so every backend rejects the same inputs with the same RuntimeError message.
+// host glue so every backend rejects the same inputs with the same RuntimeError message. The
+// Python-side kernels (Triton, reference) apply the same rules from relay_kernels/_contract.py;
+// tests/test_contract.py holds both to the same error type and message, rule by rule.
 #pragma once
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <limits>
 #include <optional>
 
 namespace relay_kernels {
@@ -54,6 +57,16 @@ inline void check_seed(const at::Tensor& seed, int64_t batch, const at::Device& 
               " but the op runs on ", device);
 }
 
+// Sample b draws counters offset .. offset + draws * n - 1 (n elements per sample): all inside
+// int64 (SPEC 4).
+inline void check_offset(int64_t offset, int64_t n, int64_t draws) {
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  const int64_t top = n > max / draws ? -1 : max - draws * n;
+  TORCH_CHECK(offset >= 0 && offset <= top, "relay_kernels: offset must be in [0, ", top,
+              "] so that the counters offset + ", draws, " * N (N = ", n, " elements per sample) fit in int64, got ",
+              offset);
+}
+
 inline void check_patch_dct(const at::Tensor& x, int64_t k) {
   check_patch_size(k);
   check_image(x, "x", k);
@@ -64,7 +77,7 @@ inline void check_block_filter(const at::Tensor& e, int64_t block_size) {
   if (e.numel() > 0) check_block_size(block_size, e.size(2), e.size(3));
 }
 
-inline void check_noise(const at::Tensor& seed, at::IntArrayRef shape, int64_t block_size,
+inline void check_noise(const at::Tensor& seed, at::IntArrayRef shape, int64_t offset, int64_t block_size,
                         at::ScalarType dtype) {
   TORCH_CHECK(!shape.empty(), "relay_kernels: noise shape must have at least one dimension [B, ...]");
   for (int64_t d : shape) TORCH_CHECK(d >= 0, "relay_kernels: noise shape must be non-negative, got ", shape);
@@ -76,6 +89,9 @@ inline void check_noise(const at::Tensor& seed, at::IntArrayRef shape, int64_t b
                 shape);
     if (shape[0] * shape[1] * shape[2] * shape[3] > 0) check_block_size(block_size, shape[2], shape[3]);
   }
+  int64_t per_sample = 1;
+  for (size_t i = 1; i < shape.size(); ++i) per_sample *= shape[i];
+  check_offset(offset, per_sample, 1);
 }
 
 struct FusedShape {
@@ -86,7 +102,7 @@ struct FusedShape {
 
 inline FusedShape check_relay_fused(at::TensorList inputs, const at::Tensor& weights,
                                     const std::optional<at::Tensor>& noise_scale, int64_t block_size,
-                                    const std::optional<at::Tensor>& seed,
+                                    const std::optional<at::Tensor>& seed, int64_t offset,
                                     const std::optional<at::Tensor>& noise,
                                     const std::optional<at::Tensor>& noise_block) {
   TORCH_CHECK(inputs.size() >= 1 && inputs.size() <= 4, "relay_kernels: relay_fused takes 1 to 4 inputs, got ",
@@ -137,6 +153,7 @@ inline FusedShape check_relay_fused(at::TensorList inputs, const at::Tensor& wei
   } else {
     TORCH_CHECK(seed.has_value(), "relay_kernels: relay_fused with noise_scale needs a seed or the noise tensors");
     check_seed(*seed, batch, x0.device());
+    check_offset(offset, fs.channels * fs.height * fs.width, 2);
     fs.use_seed = true;
   }
   if (x0.numel() > 0) check_block_size(block_size, fs.height, fs.width);

@@ -11,11 +11,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .._contract import check_block_filter, check_noise
 from .common import (
-    FLOAT_DTYPES,
     box_tile,
-    check_block_size,
-    check_image,
     configs,
     define_op,
     halo_size,
@@ -91,8 +89,7 @@ def _randn_kernel(seed_ptr, out_ptr, N, offset, BLOCK: tl.constexpr):
 
 
 def block_filter(e: torch.Tensor, block_size: int, transpose: bool) -> torch.Tensor:
-    check_image(e, "e")
-    check_block_size(block_size)
+    check_block_filter(e, block_size)
     e = e.contiguous()
     out = torch.empty(e.shape, dtype=e.dtype, device=e.device)
     b, c, h, w = e.shape
@@ -111,18 +108,7 @@ def block_filter(e: torch.Tensor, block_size: int, transpose: bool) -> torch.Ten
 def noise(seed: torch.Tensor, shape: list[int], offset: int, block_size: int,
           dtype: torch.dtype) -> torch.Tensor:
     shape = [int(d) for d in shape]
-    if dtype not in FLOAT_DTYPES:
-        raise TypeError(f"noise dtype must be a floating type, got {dtype}")
-    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.dim() != 1:
-        raise TypeError("seed must be an int64 tensor of shape [B]")
-    if len(shape) < 1 or shape[0] != seed.shape[0]:
-        raise ValueError(f"shape[0] must equal seed.numel() = {seed.shape[0]}, got shape {shape}")
-    if block_size < 0:
-        raise ValueError(f"block_size must be >= 0, got {block_size}")
-    if block_size > 0 and len(shape) != 4:
-        raise ValueError(f"block noise needs a [B, C, H, W] shape, got {shape}")
-    if offset < 0:
-        raise ValueError(f"offset must be >= 0, got {offset}")
+    check_noise(seed, shape, offset, block_size, dtype)
     seed = seed.contiguous()
     out = torch.empty(shape, dtype=dtype, device=seed.device)
     if out.numel() == 0:

@@ -1,4 +1,5 @@
-"""Shared pieces of the Triton backend: launch configs, input checks, DCT basis, jit helpers.
+"""Shared pieces of the Triton backend: launch configs, DCT basis, jit helpers (the input checks
+are the kernel contract's, relay_kernels._contract).
 
 Tiles: the patch ops give one program a patch row (k image rows) of one channel and TILE_W image
 columns, held as a [k, TILE_W // k, k] tensor (row in patch, patch, column in patch) so the
@@ -16,11 +17,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ..functional import stream_capturing
+from .._contract import compute_dtype, stream_capturing
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
-PATCH_SIZES = (2, 4, 8, 16)
-FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def configs(full: list[triton.Config]) -> list[triton.Config]:
@@ -30,43 +29,6 @@ def configs(full: list[triton.Config]) -> list[triton.Config]:
 
 def next_pow2(n: int) -> int:
     return triton.next_power_of_2(max(int(n), 1))
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-# ---------------------------------------------------------------------------- input checks
-
-
-def check_image(x: torch.Tensor, name: str, k: int = 1) -> None:
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a tensor, got {type(x).__name__}")
-    if x.dim() != 4:
-        raise ValueError(f"{name} must be [B, C, H, W], got shape {tuple(x.shape)}")
-    if x.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {x.dtype}")
-    if k > 1 and (x.shape[2] % k or x.shape[3] % k):
-        raise ValueError(f"{name}: H and W must be multiples of k={k}, got shape {tuple(x.shape)}")
-
-
-def check_k(k: int) -> None:
-    if k not in PATCH_SIZES:
-        raise ValueError(f"patch size k must be one of {PATCH_SIZES}, got {k}")
-
-
-def check_block_size(s: int) -> None:
-    if s < 1:
-        raise ValueError(f"block_size must be >= 1, got {s}")
-
-
-def check_seed(seed: torch.Tensor, batch: int, device: torch.device) -> None:
-    if not isinstance(seed, torch.Tensor) or seed.dtype != torch.int64 or seed.dim() != 1:
-        raise TypeError("seed must be an int64 tensor of shape [B]")
-    if seed.shape[0] != batch:
-        raise ValueError(f"seed has {seed.shape[0]} entries for a batch of {batch}")
-    if seed.device != device:
-        raise ValueError(f"seed is on {seed.device}, the images on {device}")
 
 
 def halo_size(s: int) -> int:

@@ -5,10 +5,9 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .._contract import check_patch_dct
 from .common import (
     basis_for,
-    check_image,
-    check_k,
     dct_tile,
     define_op,
     idct_tile,
@@ -41,8 +40,7 @@ def _patch_dct_kernel(x_ptr, out_ptr, basis_ptr, H, W,
 
 
 def patch_dct(x: torch.Tensor, k: int, inverse: bool) -> torch.Tensor:
-    check_k(k)
-    check_image(x, "x", k)
+    check_patch_dct(x, k)
     x = x.contiguous()
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     b, c, h, w = x.shape

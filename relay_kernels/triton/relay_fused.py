@@ -13,14 +13,10 @@ import triton
 import triton.language as tl
 from torch.library import wrap_triton
 
+from .._contract import check_relay_fused, compute_dtype
 from .common import (
     basis_for,
     box_tile,
-    check_block_size,
-    check_image,
-    check_k,
-    check_seed,
-    compute_dtype,
     dct_tile,
     define_op,
     halo_size,
@@ -34,8 +30,6 @@ from .common import (
     split_float,
     to_patch_layout,
 )
-
-MAX_INPUTS = 4
 
 
 @triton.jit
@@ -99,46 +93,6 @@ def _relay_fused_kernel(out_ptr, x0_ptr, x1_ptr, x2_ptr, x3_ptr, w_ptr, basis_pt
     tl.store(out_ptr + offs, out.to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def _check_inputs(inputs, weights, noise_scale, block_size, seed, noise, noise_block):
-    if not isinstance(inputs, (list, tuple)) or not 1 <= len(inputs) <= MAX_INPUTS:
-        raise ValueError(f"inputs must be a list of 1 to {MAX_INPUTS} tensors")
-    if not isinstance(weights, torch.Tensor) or weights.dim() != 4:
-        raise ValueError("weights must be a [B, n_inputs, k, k] tensor")
-    k = weights.shape[-1]
-    check_k(k)
-    x0 = inputs[0]
-    check_image(x0, "inputs[0]", k)
-    for j, x in enumerate(inputs[1:], 1):
-        check_image(x, f"inputs[{j}]", k)
-        if x.shape != x0.shape or x.dtype != x0.dtype or x.device != x0.device:
-            raise ValueError(f"inputs[{j}] ({tuple(x.shape)}, {x.dtype}, {x.device}) differs from "
-                             f"inputs[0] ({tuple(x0.shape)}, {x0.dtype}, {x0.device})")
-    bsz = x0.shape[0]
-    if tuple(weights.shape) != (bsz, len(inputs), k, k):
-        raise ValueError(f"weights must have shape {(bsz, len(inputs), k, k)}, got {tuple(weights.shape)}")
-    if not weights.is_floating_point() or weights.device != x0.device:
-        raise ValueError("weights must be a floating tensor on the inputs' device")
-    if noise_scale is None:
-        return k
-    if noise_scale.shape != (bsz,) or not noise_scale.is_floating_point():
-        raise ValueError(f"noise_scale must be a floating tensor of shape [{bsz}]")
-    if noise_scale.device != x0.device:
-        raise ValueError("noise_scale must be on the inputs' device")
-    check_block_size(block_size)
-    if noise is None and noise_block is None:
-        if seed is None:
-            raise ValueError("noise_scale needs either seed or the noise tensors (noise, noise_block)")
-        check_seed(seed, bsz, x0.device)
-        return k
-    for name, t in (("noise", noise), ("noise_block", noise_block)):
-        if t is None:
-            raise ValueError("give both noise and noise_block, or neither")
-        check_image(t, name)
-        if t.shape != x0.shape or t.device != x0.device:
-            raise ValueError(f"{name} must match the inputs' shape {tuple(x0.shape)} and device")
-    return k
-
-
 def relay_fused(
     inputs: list[torch.Tensor],
     weights: torch.Tensor,
@@ -150,7 +104,7 @@ def relay_fused(
     noise: Optional[torch.Tensor],
     noise_block: Optional[torch.Tensor],
 ) -> torch.Tensor:
-    k = _check_inputs(inputs, weights, noise_scale, block_size, seed, noise, noise_block)
+    k = check_relay_fused(inputs, weights, noise_scale, block_size, seed, offset, noise, noise_block)
     xs = [x.contiguous() for x in inputs]
     x0 = xs[0]
     cdt = compute_dtype(x0.dtype)
@@ -158,14 +112,12 @@ def relay_fused(
     b, c, h, w = x0.shape
     if out.numel() == 0:
         return out
-    weights = weights.to(cdt).contiguous()
+    weights = weights.contiguous()  # already the compute dtype (the contract)
     basis = basis_for(x0, k)
     has_noise = noise_scale is not None
     from_seed = has_noise and noise is None
     if has_noise:
-        if offset < 0:
-            raise ValueError(f"offset must be >= 0, got {offset}")
-        scale = noise_scale.to(cdt).contiguous()
+        scale = noise_scale.contiguous()
     else:
         scale = weights
     seed_t = seed.contiguous() if from_seed else weights

@@ -26,15 +26,15 @@ import PIL.Image
 import torch
 import tqdm
 
-from . import checkpoint as ckpt
-from . import cli_args as cli
-from . import distributed as dist_util
-from . import eval as evaluation
-from .compare_methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
-from .dataset import open_dataset
-from .method_nets import num_params
-from .safe_load import load_state_dict
-from .training_loop import _save_grid
+from .. import checkpoint as ckpt
+from .. import cli_args as cli
+from .. import distributed as dist_util
+from .. import eval as evaluation
+from ..dataset import open_dataset
+from ..safe_load import load_state_dict
+from ..training_loop import _save_grid
+from .methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
+from .nets import num_params
 
 SMOKE = dict(resolution=16, channels=8, batch=4, budget_kimg=0.008, nfe=5, num_samples=8, grid=8, threads=1)
 
@@ -286,7 +286,3 @@ def main(argv=None) -> int:
         return 2
     print(open(os.path.join(args.outdir, "results.md")).read())
     return 0 if rows else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,7 +5,7 @@ which is conditioned on the upsampled noisy low-res image (independent Gaussian 
 generation is bottom-up, the low-res stage truncated. No public code exists: every choice made here
 is listed in docs/COMPARE.md.
 
-Structure: `core` is one U-Net from method_nets.make_unet at the low resolution r = R / k with
+Structure: `core` is one U-Net from nets.make_unet at the low resolution r = R / k with
 3 + F input and output channels and a 2-entry label (mode, cond_sigma).
 * low pass: core([c_in x_low, 0_F]; c_noise, (0, 0))[:3] under EDM preconditioning;
 * high pass: an outer encoder (residual blocks, k = 2^L so L average-pool levels) takes
@@ -22,11 +22,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import sampling
+from .. import sampling
+from ..loss import EDMLoss
+from ..networks import edm_coefficients
 from .cdm import augment_condition
-from .loss import EDMLoss
-from .method_nets import Bound, make_unet, sigma_rows, upsample
-from .networks import edm_coefficients
+from .nets import Bound, make_unet, sigma_rows, upsample
 from .single_stage import heun
 
 

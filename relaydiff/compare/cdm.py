@@ -3,7 +3,7 @@ a low-resolution EDM model, then a super-resolution EDM model that generates the
 image from pure noise conditioned on the upsampled low-resolution image (concatenated channels).
 
 Gaussian conditioning augmentation: at training the low-res condition is avg_pool_k(x0) + s e_c with
-s ~ U(0, aug_max) drawn per image and given to the net (method_nets.Precond); at sampling s is a fixed
+s ~ U(0, aug_max) drawn per image and given to the net (nets.Precond); at sampling s is a fixed
 cond_sigma. Non-truncated: the low-res stage runs to 0 and fresh noise of level cond_sigma is added.
 Truncated (Ho et al.'s truncated conditioning augmentation): the low-res stage stops at cond_sigma
 and its noisy image is the condition. Both use the same trained nets.
@@ -16,9 +16,9 @@ import torch.nn.functional as F
 
 import relay_kernels as rk
 
-from . import sampling
-from .loss import EDMLoss
-from .method_nets import Bound
+from .. import sampling
+from ..loss import EDMLoss
+from .nets import Bound
 from .single_stage import heun
 
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .networks import ARCH_PRESETS, SongUNet, edm_coefficients
+from ..networks import ARCH_PRESETS, SongUNet, edm_coefficients
 
 
 def make_unet(img_resolution, in_channels, out_channels, label_dim=0, model_channels=16, channel_mult=(1, 2, 2),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from . import sampling
+from .. import sampling
 
 
 class _Truncated(Exception):

@@ -17,15 +17,15 @@ import torch
 import torch.nn.functional as F
 import tqdm
 
-from . import sampling
+from .. import sampling
+from ..dataset import global_indices
+from ..loss import EDMLoss, RelayLoss
+from ..training_loop import DEFAULTS as TRAIN_DEFAULTS
+from ..training_loop import _ema_update, _mix, image_seeds
 from .cdm import CDMLoss, sample_cdm
-from .dataset import global_indices
-from .loss import EDMLoss, RelayLoss
 from .lowdiff import LowDiffLoss, LowDiffNet, sample_lowdiff
-from .method_nets import Precond
+from .nets import Precond
 from .single_stage import heun, heun_nfe, sample_single_stage
-from .training_loop import DEFAULTS as TRAIN_DEFAULTS
-from .training_loop import _ema_update, _mix, image_seeds
 
 METHODS = ("single", "single_block", "cdm", "cdm_trunc", "lowdiff", "relay")
 UNITS = {"single": ("single",), "single_block": ("single_block",), "cdm": ("stage1", "cdm_sr"),

@@ -1,0 +1,7 @@
+"""python -m relaydiff.compare (see study.py)."""
+
+import sys
+
+from .study import main
+
+sys.exit(main())
