@@ -6,14 +6,20 @@ files (`importer`), comparison units and detector weights (`load_state_dict`). N
 loading machinery sees the file:
 
 - the format is decided from the first bytes: the zip format torch.save writes, or a plain pickle
-  (protocol 2-5). TorchScript archives, torch's legacy (pre-1.6) and tar formats, and anything else
-  are refused with what the file is; so is anything that is not a regular file (FIFO, device, folder);
+  (protocol 2-5); a pickle whose first object is torch's magic number is torch's legacy (pre-1.6,
+  non-zip) torch.save format, read by `_Load.legacy` (the nested storages of a plain pickle are
+  read by it too). TorchScript archives, torch < 0.4's tar format, and anything else are refused
+  with what the file is; so is anything that is not a regular file (FIFO, device, folder);
 - a zip must have exactly torch.save's layout (PREFIX/data.pkl, PREFIX/data/<n>, version and
   byteorder records), tensor data stored, data.pkl at most MAX_PICKLE_BYTES and MAX_INFLATION
   times its compressed size;
 - the pickle is run by a pure-Python unpickler (`_Unpickler`) whose globals are safe_unpickle.ALLOWED
   alone, that counts opcodes (MAX_OPCODES), refuses BUILD onto anything but the inert records,
   extension codes, out-of-band buffers and text persistent ids, and never reads past the data;
+- a legacy file must have exactly _legacy_save's layout (protocol 1001, little-endian, storage
+  records without view metadata, a key list naming exactly the storages the pickle named, each
+  storage's count matching its record, nothing after the last); a storage is allocated only once
+  the bytes all its file's storages claim fit in what is left of the file;
 - every storage is read by this module (its bytes must match its record), every tensor view is
   checked before it is made (safe_unpickle.check_tensor_record), and the bytes of all tensors and
   bytes objects the load makes are bounded by 2 x the file's size + 1 MiB;
@@ -62,7 +68,6 @@ MAX_DEPTH = 100  # nesting of the loaded containers (a training state is ~10 dee
 MAX_MEMBERS = 1_000_000  # zip members
 BYTES_SLACK = 1 << 20  # tensors and bytes made: at most 2 x file size + this
 
-_LEGACY_HEAD = b"\x80\x02\x8a\x0a" + TORCH_LEGACY_MAGIC.to_bytes(10, "little")
 _TENSOR_DATA = re.compile(r"data/(\d+)")
 _META_MEMBERS = ("byteorder", "version", ".format_version", ".storage_alignment", ".data/version",
                  ".data/serialization_id")
@@ -214,6 +219,7 @@ class _Load:
         self.bytes_left = 2 * file_size + BYTES_SLACK
         self.nested = {}  # id(bytes) -> (bytes, StorageRecord): a memo-referenced storage is read once
         self.depths = {}  # id(tuple or frozenset) -> (it, its nesting)
+        self.legacy_depth = 0  # legacy torch.save records being read (at most 1)
 
     def nest(self, obj) -> None:
         """Record the nesting of a new tuple or frozenset (1 + its deepest tuple/frozenset item);
@@ -236,46 +242,95 @@ class _Load:
     def unpickle(self, reader: _Reader, persistent_load=None):
         return _Unpickler(reader, self, persistent_load).load()
 
-    def storage(self, stype, numel, read_into) -> StorageRecord:
-        """A storage of numel elements of stype's dtype, its bytes filled by read_into(bytearray)."""
+    def storage(self, stype, numel, read_into=None) -> StorageRecord:
+        """A storage of numel elements of stype's dtype, its bytes filled by read_into(bytearray) now,
+        or (read_into None, a legacy file's storage, whose bytes follow the pickles) later through
+        record.raw; the bytes are charged before they are allocated."""
         if not isinstance(stype, StorageType) or type(numel) is not int or numel < 0:
             raise UnsafePickleError(f"storage record of type {stype!r} and {numel!r} elements")
         nbytes = numel * stype.itemsize
         self.charge_bytes(nbytes, "storages")
         buf = bytearray(nbytes)
-        if nbytes and read_into(buf) != nbytes:
+        if read_into is not None and nbytes and read_into(buf) != nbytes:
             raise FileRefused(f"a storage of {nbytes} bytes is truncated")
         flat = torch.frombuffer(buf, dtype=stype.dtype) if nbytes else torch.empty(0, dtype=stype.dtype)
-        return StorageRecord(flat)
+        record = StorageRecord(flat)
+        record.raw, record.stype = buf, stype  # flat is a view of raw: filling raw fills every tensor
+        return record
+
+    def legacy(self, reader: _Reader):
+        """The object of a legacy (torch < 1.6, non-zip) torch.save, read from reader just after its
+        magic number (torch/serialization.py _legacy_save): protocol 1001, sys_info, the object pickle
+        whose persistent ids are ('storage', type, key, location, numel, None), the list of storage
+        keys, then per key in that order an 8-byte little-endian count and count x itemsize bytes.
+        Every storage is allocated (zeros) when first named, only once the bytes all named storages
+        claim fit in what is left of the data, and filled from the file after the pickles."""
+        if self.legacy_depth:  # torch writes no storage nested in a legacy file or nested storage
+            raise UnsafePickleError("a legacy torch.save nested inside another")
+        self.legacy_depth += 1
+        try:
+            return self._legacy(reader)
+        finally:
+            self.legacy_depth -= 1
+
+    def _legacy(self, reader: _Reader):
+        version, sys_info = self.unpickle(reader), self.unpickle(reader)
+        if type(version) is not int or version != 1001 or not isinstance(sys_info, dict):
+            raise FileRefused(f"not a legacy torch.save record (protocol {str(version)[:20]}, not 1001)")
+        if sys_info.get("little_endian") is not True:
+            raise FileRefused("a big-endian legacy torch.save file")
+        records, claimed = {}, 0  # storage key -> StorageRecord; bytes the storages claim after the pickles
+
+        def persistent(pid):
+            nonlocal claimed
+            if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and isinstance(pid[2], str)
+                    and isinstance(pid[3], str)):
+                raise UnsafePickleError(f"legacy storage record {str(pid)[:80]}")
+            _, stype, key, _location, numel, view = pid
+            if view is not None:
+                raise FileRefused("a legacy storage view (torch < 0.4 view_metadata), which relaydiff does not load")
+            if not isinstance(stype, StorageType) or type(numel) is not int or numel < 0:
+                raise UnsafePickleError(f"legacy storage record of type {stype!r} and {str(numel)[:40]} elements")
+            if key in records:
+                same = records[key]
+                if same.stype is not stype or same.flat.numel() != numel:
+                    raise FileRefused(f"legacy storage {key[:40]} is named with two types or sizes")
+                return same
+            claimed += 8 + numel * stype.itemsize
+            if claimed > reader.left:
+                raise FileRefused(f"its storage records claim {claimed} bytes, {reader.left} are left: "
+                                  "corrupt or truncated")
+            records[key] = self.storage(stype, numel)
+            return records[key]
+
+        obj = self.unpickle(reader, persistent)
+        keys = self.unpickle(reader)
+        if not isinstance(keys, list) or not all(type(k) is str for k in keys) or len(set(keys)) != len(keys) \
+                or set(keys) != records.keys():
+            raise FileRefused(f"its storage key list {str(keys)[:60]} does not match the storages its pickle names")
+        for key in keys:
+            record = records[key]
+            count = reader.read(8)
+            if len(count) != 8 or int.from_bytes(count, "little") != record.flat.numel():
+                raise FileRefused(f"legacy storage {key[:40]}'s element count does not match its record")
+            if reader.readinto(record.raw) != len(record.raw):
+                raise FileRefused(f"legacy storage {key[:40]} is truncated")
+        if reader.left:
+            raise FileRefused(f"{reader.left} bytes after the last legacy storage")
+        return obj
 
     def legacy_storage(self, data: bytes) -> StorageRecord:
         """The one storage of a nested legacy torch.save (torch.storage._load_from_bytes in a plain
-        pickle): magic, protocol 1001, sys_info, the storage's persistent id, [key], numel, bytes."""
+        pickle), read by legacy(); a memo-referenced one is read once."""
         if id(data) in self.nested:
             return self.nested[id(data)][1]
-        f = io.BytesIO(data)
-        reader = _Reader(f, len(data))
-        head = [self.unpickle(reader) for _ in range(3)]
-        if head[0] != TORCH_LEGACY_MAGIC or head[1] != 1001 or not isinstance(head[2], dict) \
-                or head[2].get("little_endian") is not True:
-            raise FileRefused("a nested storage is not a little-endian torch storage record")
-        ids = []
-
-        def persistent(pid):
-            if not (isinstance(pid, tuple) and len(pid) == 6 and pid[0] == "storage" and isinstance(pid[2], str)
-                    and pid[5] is None) or ids:
-                raise UnsafePickleError(f"nested storage record {str(pid)[:80]}")
-            ids.append(pid)
-            return pid
-
-        self.unpickle(reader, persistent)
-        keys = self.unpickle(reader)
-        if not ids or keys != [ids[0][2]]:
-            raise FileRefused("a nested storage names no storage or other keys")
-        _, stype, _, _, numel, _ = ids[0]
-        if int.from_bytes(reader.read(8), "little") != numel or reader.left != numel * getattr(stype, "itemsize", 0):
-            raise FileRefused("a nested storage's size does not match its bytes")
-        record = self.storage(stype, numel, reader.readinto)
+        reader = _Reader(io.BytesIO(data), len(data))
+        magic = self.unpickle(reader)
+        if type(magic) is not int or magic != TORCH_LEGACY_MAGIC:
+            raise FileRefused("a nested storage is not a legacy torch.save")
+        record = self.legacy(reader)
+        if not isinstance(record, StorageRecord):
+            raise UnsafePickleError(f"a nested storage holds a {type(record).__name__}, not one storage")
         self.nested[id(data)] = (data, record)
         return record
 
@@ -287,9 +342,6 @@ def _sniff(head: bytes) -> str:
     """The file's format from its first bytes: 'zip', 'pickle', or a refusal naming what it is."""
     if head.startswith(b"PK\x03\x04"):
         return "zip"
-    if head.startswith(_LEGACY_HEAD):
-        raise FileRefused("a legacy (torch < 1.6) torch.save file, which relaydiff does not load: re-save it in "
-                          "the zip format with a current torch, where you trust the file")
     if head[257:262] == b"ustar":
         raise FileRefused("a tar archive (torch < 0.4's torch.save format), which relaydiff does not load")
     if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
@@ -407,8 +459,9 @@ def _named(kind, what: str, path: str, reason: str) -> FileRefused:
 
 
 def load(path: str, *, what: str = "file"):
-    """(object, format) of a torch.save zip file ('zip') or a plain pickle ('pickle'), read as the
-    module docstring says; tensors are CPU views of storages read from the file."""
+    """(object, format) of a torch.save zip file ('zip'), a legacy torch.save ('legacy') or a plain
+    pickle ('pickle'), read as the module docstring says; tensors are CPU views of storages read
+    from the file."""
     f = _open_regular(path, what)
     try:
         size = os.fstat(f.fileno()).st_size
@@ -423,6 +476,8 @@ def load(path: str, *, what: str = "file"):
             else:
                 reader = _Reader(f, size)
                 obj = load_.unpickle(reader)
+                if type(obj) is int and obj == TORCH_LEGACY_MAGIC and reader.left:  # pickled first, as torch does
+                    fmt, obj = "legacy", load_.legacy(reader)
                 if reader.left:
                     raise FileRefused(f"{reader.left} bytes after the pickle's end")
             _check_graph(obj)

@@ -13,9 +13,13 @@ from relaydiff import safe_load
 def _state():
     g = torch.Generator().manual_seed(0)
     lin = torch.nn.Linear(3, 4)
-    return {"w": torch.randn(4, 5, generator=g), "t": torch.arange(12.0).reshape(3, 4).t(),  # a strided view
+    full = torch.arange(12.0).reshape(3, 4)
+    return {"w": torch.randn(4, 5, generator=g), "t": full.t(), "row": full[1, 1:],  # strided views of one storage
             "h": torch.ones(3, dtype=torch.float16), "i": torch.arange(4), "b": torch.tensor([True, False]),
-            "e": torch.zeros(0), "sd": lin.state_dict(), "nested": {"x": [1, 2.5, "s", (3, None)], 7: {1, 2}}}
+            "bf": torch.randn(2, 3, generator=g).bfloat16(), "d": torch.tensor(2.5, dtype=torch.float64),
+            "i8": torch.tensor([[-3], [7]], dtype=torch.int8), "u8": torch.arange(5, dtype=torch.uint8)[::2],
+            "i32": torch.ones(2, 2, 2, dtype=torch.int32), "e": torch.zeros(0), "sd": lin.state_dict(),
+            "nested": {"x": [1, 2.5, "s", (3, None)], 7: {1, 2}}}
 
 
 def _same(a, b):
@@ -28,12 +32,14 @@ def _same(a, b):
     return a == b
 
 
-@pytest.mark.parametrize("fmt", ["zip", "pickle"])
-def test_loads_both_formats_exactly_without_torch_load(tmp_path, monkeypatch, fmt):
+@pytest.mark.parametrize("fmt", ["zip", "legacy", "pickle"])
+def test_loads_every_format_exactly_without_torch_load(tmp_path, monkeypatch, fmt):
     path = tmp_path / "f.pt"
     state = _state()
     if fmt == "zip":
         torch.save(state, path)
+    elif fmt == "legacy":  # torch < 1.6's format (torch-fidelity's published Inception weights, 2020)
+        torch.save(state, path, _use_new_zipfile_serialization=False)
     else:
         path.write_bytes(pickle.dumps(state, protocol=4))
 
@@ -46,6 +52,18 @@ def test_loads_both_formats_exactly_without_torch_load(tmp_path, monkeypatch, fm
     monkeypatch.setattr(pickle, "Unpickler", never)  # the C unpickler is never used either
     obj, got = safe_load.load(str(path))
     assert got == fmt and _same(state, obj)
+    if fmt != "pickle":  # torch.save writes a shared storage once (a plain pickle copies it per tensor)
+        assert obj["t"].untyped_storage().data_ptr() == obj["row"].untyped_storage().data_ptr()
+
+
+def test_legacy_state_dict_of_any_pickle_protocol_loads(tmp_path):
+    """The detector path: load_state_dict of a legacy-format state_dict, protocol 2 (torch's default) or 4."""
+    sd = torch.nn.Conv2d(3, 4, 3).state_dict()
+    for protocol in (2, 4):
+        path = tmp_path / f"p{protocol}.pth"
+        torch.save(sd, path, _use_new_zipfile_serialization=False, pickle_protocol=protocol)
+        got = safe_load.load_state_dict(str(path), what="--detector")
+        assert got.keys() == sd.keys() and all(torch.equal(got[k], sd[k]) for k in sd)
 
 
 def test_load_state_dict_refuses_non_flat_and_nan(tmp_path):
