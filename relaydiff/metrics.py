@@ -18,10 +18,8 @@ Images are float tensors in [-1, 1], NCHW, unless a function says uint8.
 from __future__ import annotations
 
 import math
-import warnings
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
 
@@ -45,22 +43,28 @@ def feature_stats(features, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     return mu, (outer - np.outer(mu, mu) * n) / (n - 1)
 
 
-def frechet_distance(mu, sigma, mu_ref, sigma_ref, eps=1e-6) -> float:
-    """|mu - mu_ref|^2 + tr(S + S_ref - 2 (S S_ref)^(1/2)), the real part (evaluate.py's
-    calculate_fid_from_inception_stats). When the product's square root is not finite (too few
-    samples), ADM's evaluator adds eps to both diagonals; so does this, with its warning."""
+def trace_sqrt_product(sigma, sigma_ref) -> float:
+    """tr((S S_ref)^(1/2)) for covariances (symmetric PSD): S S_ref is similar to the PSD matrix
+    S^(1/2) S_ref S^(1/2), so the trace of its principal square root is the sum of the square roots of
+    that matrix's eigenvalues. The same number as the real part of tr(scipy.linalg.sqrtm(S @ S_ref)),
+    which the released code takes, from two symmetric eigendecompositions: always finite, and about 7x
+    faster at D = 2048 (sqrtm takes about a minute there on one core when S is singular, N < D)."""
+    w, v = np.linalg.eigh(sigma)
+    root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+    m = root @ sigma_ref @ root
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+
+
+def frechet_distance(mu, sigma, mu_ref, sigma_ref) -> float:
+    """|mu - mu_ref|^2 + tr(S + S_ref - 2 (S S_ref)^(1/2)) (evaluate.py's calculate_fid_from_inception_stats;
+    EDM's fid.py and ADM's evaluator compute the same)."""
     mu, mu_ref = np.atleast_1d(mu).astype(np.float64), np.atleast_1d(mu_ref).astype(np.float64)
     sigma, sigma_ref = np.atleast_2d(sigma).astype(np.float64), np.atleast_2d(sigma_ref).astype(np.float64)
     if mu.shape != mu_ref.shape or sigma.shape != sigma_ref.shape or sigma.shape != mu.shape * 2:
         raise ValueError(f"statistics do not match: mu {mu.shape} vs {mu_ref.shape}, sigma {sigma.shape} vs "
                          f"{sigma_ref.shape}")
-    covmean = scipy.linalg.sqrtm(sigma @ sigma_ref)
-    if not np.isfinite(covmean).all():
-        warnings.warn(f"FID: singular covariance product; adding {eps} to the diagonals", stacklevel=2)
-        offset = np.eye(sigma.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma + offset) @ (sigma_ref + offset))
     m = np.square(mu - mu_ref).sum()
-    return float(np.real(m + np.trace(sigma + sigma_ref - covmean * 2)))
+    return float(m + np.trace(sigma) + np.trace(sigma_ref) - 2 * trace_sqrt_product(sigma, sigma_ref))
 
 
 def fid_from_features(feats, feats_ref) -> float:
