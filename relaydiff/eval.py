@@ -77,15 +77,15 @@ def get_detector(detector, device):
     return detector if isinstance(detector, torch.nn.Module) else _detector(detector, torch.device(device))
 
 
-def _stats(d: dict, feat_key: str, what: str):
+def _stats(d: dict, feat_key: str, what: str, batch: int):
     if feat_key in d:
-        return metrics.feature_stats(d[feat_key])
+        return metrics.feature_stats(d[feat_key], batch)
     if feat_key == "feat" and "mu" in d:
         return d["mu"], d["sigma"]
     raise ValueError(f"{what} holds no {feat_key} (an activations file from `relaydiff.eval activations` has it)")
 
 
-def calc(sample: dict, ref: dict, names, detector=None, device="cpu", kid_subsets=100) -> dict:
+def calc(sample: dict, ref: dict, names, detector=None, device="cpu", kid_subsets=100, batch=64) -> dict:
     """The metrics `names` (fid, sfid, is, pr, kid) between two read_set() dicts, as evaluate.py calc:
     FID/sFID from the feature statistics (or the file's mu/sigma), IS from the detector's logits on the
     sample's pool features (batches of 512), precision/recall with the manifold estimator (k = 3)."""
@@ -95,10 +95,11 @@ def calc(sample: dict, ref: dict, names, detector=None, device="cpu", kid_subset
         if key in d:
             res[name] = int(len(d[key]))
     if "fid" in names:
-        res["fid"] = metrics.frechet_distance(*_stats(sample, "feat", "--sample"), *_stats(ref, "feat", "--ref"))
+        res["fid"] = metrics.frechet_distance(*_stats(sample, "feat", "--sample", batch),
+                                              *_stats(ref, "feat", "--ref", batch))
     if "sfid" in names:
-        res["sfid"] = metrics.frechet_distance(*_stats(sample, "s_feat", "--sample"),
-                                               *_stats(ref, "s_feat", "--ref"))
+        res["sfid"] = metrics.frechet_distance(*_stats(sample, "s_feat", "--sample", batch),
+                                               *_stats(ref, "s_feat", "--ref", batch))
     need = {"is": ("sample",), "pr": ("sample", "ref"), "kid": ("sample", "ref")}
     for name, sides in need.items():
         for side in sides if name in names else ():
@@ -169,7 +170,7 @@ def parse_args(argv=None):
 
     def detector_options(q, batch_help="detector batch size"):
         q.add_argument("--detector", default=None,
-                       help=f"FID Inception-v3 state_dict file (default: {inception.default_path()})")
+                       help=f"FID Inception-v3 state_dict file; none: {inception.default_path()}")
         q.add_argument("--device", default="auto", help="torch device for the detector: auto (cuda when available), "
                        "cpu, cuda, cuda:N")
         q.add_argument("--batch", type=cli.positive_int, default=64, help=batch_help)
@@ -188,7 +189,7 @@ def parse_args(argv=None):
     k.add_argument("--metrics", default="fid,sfid,is,pr", help=f"comma list of {', '.join(DETECTOR_METRICS)}")
     k.add_argument("--kid-subsets", type=cli.positive_int, default=100, help="KID subsets")
     k.add_argument("--json", default=None, help="also write the results to this JSON file")
-    detector_options(k, "unused (IS runs the logits in batches of 512, as evaluate.py)")
+    detector_options(k, "rows per batch when summing feature statistics (evaluate.py calc's --batch)")
     c = sub.add_parser("compare", help="activations of both sets, then calc; plus RAPSD and SWD", formatter_class=fmt)
     c.add_argument("--gen", required=True, help="folder or zip of generated images")
     c.add_argument("--ref", required=True, help="folder or zip of real images, or 'builtin' (the default training set)")
@@ -247,7 +248,7 @@ def main(argv=None) -> int:
                 sample, ref = acts.read_set(args.sample, "--sample"), acts.read_set(args.ref, "--ref")
                 if "is" in names:
                     get_detector(args.detector, device)
-                res = calc(sample, ref, names, args.detector, device, args.kid_subsets)
+                res = calc(sample, ref, names, args.detector, device, args.kid_subsets, args.batch)
             else:
                 if set(names) & set(DETECTOR_METRICS):
                     get_detector(args.detector, device)  # fail before reading any image
