@@ -90,7 +90,9 @@ def compute(source, detector, *, batch: int = 64, device="cpu", workers: int = 0
         feats.append(pool.to(torch.float64).cpu().numpy())
         s_feats.append(metrics.sfid_features(spatial).cpu().numpy())
         idx.append(ids.numpy())
-    part = (np.concatenate(idx), np.concatenate(feats), np.concatenate(s_feats))
+    # A rank can have no batch at all (fewer images than ranks x 1): it sends empty arrays.
+    part = (np.concatenate(idx or [np.zeros(0, dtype=np.int64)]), np.concatenate(feats or [np.zeros((0, FEATURE_DIM))]),
+            np.concatenate(s_feats or [np.zeros((0, SPATIAL_DIM))]))
     if world > 1:
         parts = [None] * world if rank == 0 else None
         dist.gather_object(part, parts, dst=0)
