@@ -73,7 +73,8 @@ def parse_args(argv=None):
     p.add_argument("--aug-max", type=cli.positive_float, default=1.0, help="training augmentation level ~ U(0, this)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="training and sampling seed")
     p.add_argument("--device", default="cpu", help="torch device for training and sampling (e.g. cuda)")
-    p.add_argument("--inception", default=None, help="local Inception-v3 TorchScript file: adds KID and FID")
+    p.add_argument("--inception", default=None,
+                   help="FID Inception-v3 state_dict file (relaydiff.eval's --detector): adds KID and FID")
     p.add_argument("--threads", type=cli.nonnegative_int, default=1,
                    help="torch threads (0: torch's default; 1 is robust on a shared machine)")
     p.add_argument("--smoke", action="store_true", help=f"tiny settings that run in seconds ({SMOKE})")
@@ -142,7 +143,7 @@ def _reference(dataset, n):
 
 def score(gen_u8, ref_u8, inception=None) -> dict:
     names = ("rapsd", "swd") + (("fid", "kid") if inception else ())
-    out = evaluation.compare(gen_u8, ref_u8, names, inception=inception)
+    out = evaluation.compare(gen_u8, ref_u8, names, detector=inception)
     return {key: out[key] for key in ("rapsd_distance", "swd", "fid", "kid") if key in out}
 
 
