@@ -113,6 +113,10 @@ def check_stage_config(stage_config, where: str) -> dict:
             raise ValueError(f"{where}: config field network.kwargs.{field} must be a list of at most "
                              f"{MAX_LEVELS} ints, got {values!r}")
         for v in values:
+            mc = kw.get("model_channels")
+            if field == "channel_mult" and isinstance(v, float) and 0 < v < 1 and isinstance(mc, int) \
+                    and float(v * mc).is_integer():
+                continue  # RDM's 512/1024 stages (paper Table 5) use 0.5: fine while the channel count is whole
             _check_int(v, f"network.kwargs.{field}", low, high, where)
     res = kw["img_resolution"]
     for field in ("resolution", "img_channels", "label_dim"):
