@@ -71,12 +71,14 @@ PRESETS = {
 }
 
 
-def preset_options(name: str) -> dict:
-    """The options of a preset: COMMON, its own, and --steps for the paper's training images."""
+def preset_options(name: str, batch: int | None = None) -> dict:
+    """The options of a preset: COMMON, its own, and --steps / --lr-rampup for the paper's training
+    images and EDM's warm-up images at its batch (or at `batch`, when one is given beside it)."""
     if name not in PRESETS:
         raise ValueError(f"--preset must be one of {sorted(PRESETS)}, not {name!r}")
     p = PRESETS[name]
     out = {**COMMON, **p["options"]}
+    out["batch"] = batch or out["batch"]
     out["steps"] = math.ceil(p["mimg"] * 1e6 / out["batch"])
     out["lr_rampup"] = math.ceil(LR_RAMPUP_KIMG * 1000 / out["batch"])
     return out
@@ -96,7 +98,7 @@ def apply_preset(name: str, opts: dict, explicit: set[str], known: set[str]) -> 
     """(options, not applied): opts with the preset's values for every option not given explicitly.
     Preset values of options this relaydiff does not have (known: its option names) are returned
     apart, so the caller can say so instead of dropping them silently."""
-    values = preset_options(name)
+    values = preset_options(name, opts["batch"] if "batch" in explicit else None)
     out, missing = dict(opts), {}
     for key, value in values.items():
         if key not in known:
