@@ -90,8 +90,8 @@ TYPES = dict(
     batch=cli.positive_int, lr=cli.positive_float, lr_rampup=cli.nonnegative_int,
     grad_clip=cli.nonnegative_float, ema_halflife_kimg=cli.positive_float, ema_rampup=cli.nonnegative_float,
     seed=cli.in_range(int, 0, 2**40), label_dropout=cli.probability, channels=cli.in_range(int, 1, 8192),
-    channel_mult1=cli.number_list(float, 0.0, 64, keep_text=True),
-    channel_mult2=cli.number_list(float, 0.0, 64, keep_text=True),
+    channel_mult1=cli.number_list(float, 1 / 64, 64, keep_text=True),  # 0.5: RDM Table 5
+    channel_mult2=cli.number_list(float, 1 / 64, 64, keep_text=True),
     attn_res=cli.number_list(int, 1, 4096, keep_text=True), num_blocks=cli.in_range(int, 1, 64),
     dropout=cli.probability, blur_sigma_max=cli.nonnegative_float, block_scale=cli.in_range(float),
     prob_length=cli.in_range(float, 0.0, 1.0, low_open=True), log_every=cli.nonnegative_int,
