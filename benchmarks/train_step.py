@@ -26,8 +26,9 @@ from benchmarks import baselines
 from relaydiff import loss as losses
 from relaydiff.networks import build_network
 from relaydiff.train_presets import PRESETS, preset_options
+from relaydiff.train_scale import peak_memory_gib
 from relaydiff.train_step import LossScale, ema_update, optimizer_step
-from relaydiff.training_loop import image_seeds, peak_memory_gib, stage_configs
+from relaydiff.training_loop import image_seeds, stage_configs
 
 OPS = ("relay_corrupt", "randn", "block_noise")
 

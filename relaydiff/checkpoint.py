@@ -11,8 +11,11 @@ On-disk layout of a run directory (`python -m relaydiff.train --outdir RUN`):
                            "EDMLoss"|"RelayLoss", "kwargs": {...}}}
     RUN/checkpoint.pt      the latest training state (torch.save of a dict; load with weights_only=True):
                            {"format": FORMAT, "step": int (steps finished), "config": config.json's text,
-                            "stages": {"1": {"net": sd, "ema": sd, "optimizer": sd}, "2": {...}},
+                            "stages": {"1": {"net": sd, "ema": sd, "optimizer": sd, "loss_scale": {}
+                                       or the fp16 GradScaler's state}, "2": {...}},
                             "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]}}
+    RUN/network-snapshot-KKKKKK.pt  kept network snapshots (KKKKKK: kimg): checkpoint.pt's format with
+                           only "net" and "ema" per stage (relaydiff/train_scale.py save_snapshot)
     RUN/metrics.jsonl      one JSON object per logged step (step, loss per stage, lr, images/s, ...)
     RUN/grid-NNNNNN.png    preview grids (rows: real images, stage-1 samples, relay outputs); grid.png
                            is the final one.

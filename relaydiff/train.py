@@ -4,6 +4,10 @@ With no options it trains both stages on the built-in dataset (crops of scikit-i
 photographs): stage 1 at 8x8, the relay stage at 32x32, in a few minutes on a laptop CPU, and
 writes RUN/checkpoint.pt, RUN/metrics.jsonl and RUN/grid.png (see relaydiff/checkpoint.py).
 
+`--preset NAME` takes one of the RDM paper's recipes (relaydiff/train_presets.py, docs/TRAINING.md);
+options given beside it override it. `--dry-run` prints the resolved options and each stage's network
+(config, parameter count) as JSON without building or reading anything.
+
 `--outdir RUN --resume` continues RUN with the options it was started with (RUN/config.json).
 Options given again must keep their saved values (anything else would not continue the run
 exactly), except --steps (raise it to extend the run) and the operational --device, --threads,

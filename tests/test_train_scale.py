@@ -221,3 +221,21 @@ def test_bad_scale_options_are_one_line_errors(tmp_path, capsys, args, message):
     flags = [a for key, v in TINY.items() for a in ("--" + key.replace("_", "-"), str(v))]
     rc, _, err = _main(capsys, *flags, "--outdir", tmp_path / "o", "--steps", 1, *args)
     assert rc == 2 and message in err and err.count("\n") == 1, err
+
+
+def test_preset_cli_trains_resumes_and_reports_what_it_cannot_apply(tmp_path, capsys, one_thread):
+    """A preset scaled down by options beside it trains; --resume with the same preset continues; a
+    preset value of an option this relaydiff lacks is named on stderr (not dropped silently)."""
+    small = ["--preset", "celebahq-64", "--data", "builtin", "--resolution", 16, "--channels", 8,
+             "--channel-mult1", "1,2", "--attn-res", 2, "--num-blocks", 1, "--batch", 4, "--progress", 0,
+             "--grid-every", 0, "--preview-steps", 2, "--outdir", tmp_path / "run"]
+    rc, _, err = _main(capsys, *small, "--steps", 1)
+    assert rc == 0, err
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())["train"]
+    assert (saved["dropout"], saved["lr"], saved["stage"], saved["channels"]) == (0.15, 1e-4, "1", 8)
+    if "augment" not in saved:
+        assert "--preset celebahq-64 sets augment=0.2, but this relaydiff has no --augment" in err
+    rc, _, err = _main(capsys, *small, "--steps", 2, "--resume")
+    assert rc == 0 and checkpoint.load_checkpoint(str(tmp_path / "run"))["step"] == 2, err
+    rc, _, err = _main(capsys, *small, "--steps", 3, "--resume", "--dropout", 0.3)
+    assert rc == 2 and "--dropout 0.3 given, but the run was started with --dropout 0.15" in err, err
