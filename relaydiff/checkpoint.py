@@ -11,8 +11,11 @@ On-disk layout of a run directory (`python -m relaydiff.train --outdir RUN`):
                            "EDMLoss"|"RelayLoss", "kwargs": {...}}}
     RUN/checkpoint.pt      the latest training state (torch.save of a dict; read with safe_load.load):
                            {"format": FORMAT, "step": int (steps finished), "config": config.json's text,
-                            "stages": {"1": {"net": sd, "ema": sd, "optimizer": sd}, "2": {...}},
+                            "stages": {"1": {"net": sd, "ema": sd, "optimizer": sd, "loss_scale": {}
+                                       or the fp16 GradScaler's state}, "2": {...}},
                             "rng": {"torch": uint8 tensor, "cuda": [uint8 tensors]}}
+    RUN/network-snapshot-KKKKKK.pt  kept network snapshots (KKKKKK: kimg): checkpoint.pt's format with
+                           only "net" and "ema" per stage (relaydiff/train_scale.py save_snapshot)
     RUN/metrics.jsonl      one JSON object per logged step (step, loss per stage, lr, images/s, ...)
     RUN/grid-NNNNNN.png    preview grids (rows: real images, stage-1 samples, relay outputs); grid.png
                            is the final one.
@@ -134,6 +137,10 @@ def check_stage_config(stage_config, where: str) -> dict:
             raise ValueError(f"{where}: config field network.kwargs.{field} must be a list of at most "
                              f"{MAX_LEVELS} ints, got {values!r}")
         for v in values:
+            mc = kw.get("model_channels")
+            if field == "channel_mult" and isinstance(v, float) and 0 < v < 1 and isinstance(mc, int) \
+                    and float(v * mc).is_integer():
+                continue  # RDM's 512/1024 stages (paper Table 5) use 0.5: fine while the channel count is whole
             _check_int(v, f"network.kwargs.{field}", low, high, where)
     for field in ("sigma_data", "sigma_min", "sigma_max", "dropout", "label_dropout", "M", "C_1", "C_2", "beta_d",
                   "beta_min", "epsilon_t"):

@@ -4,6 +4,10 @@ With no options it trains both stages on the built-in dataset (crops of scikit-i
 photographs): stage 1 at 8x8, the relay stage at 32x32, in a few minutes on a laptop CPU, and
 writes RUN/checkpoint.pt, RUN/metrics.jsonl and RUN/grid.png (see relaydiff/checkpoint.py).
 
+`--preset NAME` takes one of the RDM paper's recipes (relaydiff/train_presets.py, docs/TRAINING.md);
+options given beside it override it. `--dry-run` prints the resolved options and each stage's network
+(config, parameter count) as JSON without building or reading anything.
+
 `--outdir RUN --resume` continues RUN with the options it was started with (RUN/config.json).
 Options given again must keep their saved values (anything else would not continue the run
 exactly), except --steps (raise it to extend the run) and the operational --device, --threads,
@@ -25,8 +29,10 @@ import torch
 
 from . import checkpoint as ckpt
 from . import cli_args as cli
-from .networks import ARCH_PRESETS
-from .training_loop import DEFAULTS, _ints, training_loop
+from .networks import ARCH_PRESETS, build_network
+from .train_presets import PRESETS, apply_preset, preset_options
+from .train_step import parse_numbers
+from .training_loop import DEFAULTS, stage_configs, training_loop
 
 # Options a resumed run may change: they do not touch the training math (device: the same math on
 # other hardware). --steps may change too: it only says where to stop.
@@ -65,11 +71,19 @@ HELP = dict(
     num_blocks="residual blocks per resolution", dropout="dropout probability",
     blur_sigma_max="relay stage maximum blur sigma", block_scale="block noise scale (beta)",
     prob_length="relay schedule prob_length (L)", log_every="metrics.jsonl interval (steps; 0: last only)",
-    snap_every="checkpoint interval (steps; 0: at the end and on a signal only)",
+    snap_every="checkpoint interval (steps; 0: at the end and on a signal only); each also keeps "
+               "RUN/network-snapshot-KKKKKK.pt (KKKKKK: kimg)",
     grid_every="preview grid interval (steps; 0: the final grid only)",
     preview_steps="EDM sampler steps for the preview grid", progress="show the progress bar",
     threads="torch CPU threads per process (0: PyTorch's default); the small default models run "
             "fastest on one, and a shared machine thrashes with more",
+    batch_gpu="images per forward/backward pass on each rank; the per-rank batch is accumulated over "
+              "batch/ranks/batch-gpu passes (0: one pass)",
+    fp16="float16 autocast with loss scaling (--ls)", ls="fp16 loss scaling: 'dynamic' or a static factor",
+    compile="torch.compile the networks' training forward",
+    channels_last="channels_last memory format for networks and images (faster convolutions on CUDA)",
+    transfer="start from trained weights, fresh optimizer: a relaydiff run/checkpoint/snapshot, or a "
+             "released EDM .pkl / RDM .pt (one stage)",
 )
 
 
@@ -80,13 +94,13 @@ TYPES = dict(
     batch=cli.positive_int, lr=cli.positive_float, lr_rampup=cli.nonnegative_int,
     grad_clip=cli.nonnegative_float, ema_halflife_kimg=cli.positive_float, ema_rampup=cli.nonnegative_float,
     seed=cli.in_range(int, 0, 2**40), label_dropout=cli.probability, channels=cli.in_range(int, 1, 8192),
-    channel_mult1=cli.number_list(int, 1, 64, keep_text=True),
-    channel_mult2=cli.number_list(int, 1, 64, keep_text=True),
+    channel_mult1=cli.number_list(float, 1 / 64, 64, keep_text=True),  # 0.5: RDM Table 5
+    channel_mult2=cli.number_list(float, 1 / 64, 64, keep_text=True),
     attn_res=cli.number_list(int, 1, 4096, keep_text=True), num_blocks=cli.in_range(int, 1, 64),
     dropout=cli.probability, blur_sigma_max=cli.nonnegative_float, block_scale=cli.in_range(float),
     prob_length=cli.in_range(float, 0.0, 1.0, low_open=True), log_every=cli.nonnegative_int,
     snap_every=cli.nonnegative_int, grid_every=cli.nonnegative_int, preview_steps=cli.positive_int,
-    threads=cli.nonnegative_int,
+    threads=cli.nonnegative_int, batch_gpu=cli.nonnegative_int,
 )
 
 # The data pipeline (relaydiff.dataset, relaydiff.augment). --workers and --cache change how images
@@ -121,17 +135,22 @@ def parser(suppress_defaults: bool = False) -> argparse.ArgumentParser:
             p.add_argument(flag, choices=sorted(ARCH_PRESETS), default=default, help=HELP[name])
         else:
             p.add_argument(flag, type=TYPES.get(name, type(value)), default=default, help=HELP[name])
+    # Not training options (not saved in config.json): they choose the others, or stop before training.
+    p.add_argument("--preset", choices=sorted(PRESETS), default=argparse.SUPPRESS if suppress_defaults else None,
+                   help="the RDM paper's recipe (docs/TRAINING.md); options given beside it override it")
+    p.add_argument("--dry-run", action="store_true", default=argparse.SUPPRESS if suppress_defaults else False,
+                   help="print the resolved options and each stage's network as JSON, build nothing, exit")
     return p
 
 
 def explicit_options(argv=None) -> set[str]:
     """The options given on the command line (not merely defaulted)."""
-    return set(vars(parser(suppress_defaults=True).parse_args(argv)))
+    return set(vars(parser(suppress_defaults=True).parse_args(argv))) - {"preset", "dry_run"}
 
 
 def _same(name, a, b) -> bool:
     if name in ("channel_mult1", "channel_mult2", "attn_res"):
-        return _ints(a) == _ints(b)
+        return parse_numbers(a) == parse_numbers(b)
     if name == "data" and a != "builtin":
         return os.path.normpath(str(a)) == os.path.normpath(str(b))
     return str(a) == str(b) if name == "stage" else a == b
@@ -167,13 +186,38 @@ def resume_options(opts: dict, explicit: set[str]) -> dict:
     return out
 
 
+def dry_run(opts: dict, preset: str | None, not_applied: dict) -> dict:
+    """The --dry-run document: the resolved options and, per stage, the network's config and parameter
+    count, built on the meta device (no memory, no data read: the label count is the preset's)."""
+    label_dim = PRESETS[preset]["classes"] if preset and opts["cond"] else 0
+    stages = {}
+    for s, sc in stage_configs(opts, label_dim).items():
+        with torch.device("meta"):
+            net = build_network(sc["network"])
+        stages[s] = {"parameters": sum(p.numel() for p in net.parameters()), **sc}
+    return {"preset": preset, "options": opts, "not_applied": not_applied,
+            "label_dim": label_dim, "label_dim_source": "the preset's dataset" if preset else
+            "0 (--dry-run reads no data)", "stages": stages}
+
+
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         opts = vars(args)
         cli.check_outdir(args.outdir)
-        if args.resume:
-            opts = resume_options(opts, explicit_options(argv))
+        preset, dry = opts.pop("preset"), opts.pop("dry_run")
+        explicit = explicit_options(argv)
+        not_applied = {}
+        if preset:
+            opts, not_applied = apply_preset(preset, opts, explicit, set(DEFAULTS))
+            for key, value in not_applied.items():
+                print(f"relaydiff.train: warning: --preset {preset} sets {key}={value}, but this relaydiff has "
+                      f"no --{key.replace('_', '-')}: not applied", file=sys.stderr)
+        if args.resume:  # a preset's values count as given: they must match the run's
+            opts = resume_options(opts, explicit | (set(preset_options(preset)) & set(DEFAULTS) if preset else set()))
+        if dry:
+            print(json.dumps(dry_run(opts, preset, not_applied), indent=2))
+            return 0
         result = training_loop(**opts)
     except (OSError, ValueError) as exc:  # bad data or files, a full disk, an unwritable --outdir
         print(f"relaydiff.train: error: {exc}", file=sys.stderr)

@@ -14,6 +14,7 @@ resumed run therefore reproduces an uninterrupted one exactly.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -35,6 +36,8 @@ from .augment import AUGMENT_DIM
 from .dataset import TrainingBatches, open_dataset
 from .loss import EDMLoss, RelayLoss, drop_labels, take_label_dropout
 from .networks import ARCH_PRESETS, build_network
+from .train_scale import check_scale_options, peak_memory_gib, save_snapshot, transfer_weights
+from .train_step import LossScale, ema_update, mix_seed, optimizer_step, parse_numbers
 
 DEFAULTS = dict(
     outdir="runs/relaydiff", data="builtin", resolution=32, k=4, stage="both", steps=600, batch=16,
@@ -44,28 +47,13 @@ DEFAULTS = dict(
     block_scale=0.15, prob_length=0.93, log_every=10,
     snap_every=200, grid_every=200, preview_steps=18, progress=True, threads=1,
     workers=0, cache=False, xflip=False, augment=0.0,  # the data pipeline (relaydiff.dataset)
+    batch_gpu=0, fp16=False, ls="dynamic", compile=False, channels_last=False, transfer="",
 )
-
-
-def _ints(text) -> list[int]:
-    if isinstance(text, (list, tuple)):
-        return list(text)
-    return [int(v) for v in str(text).split(",") if v.strip()]
-
-
-def _mix(*values: int) -> int:
-    """splitmix64 over a tuple of ints -> a non-negative int63 (an image or step seed)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        h = (h ^ (h >> 27)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h >> 1
 
 
 def image_seeds(seed: int, step: int, positions, stage: int, device) -> torch.Tensor:
     """Generator seed of each image from (seed, step, position in the global batch, stage)."""
-    return torch.tensor([_mix(seed, step, p, stage) for p in positions], dtype=torch.int64, device=device)
+    return torch.tensor([mix_seed(seed, step, p, stage) for p in positions], dtype=torch.int64, device=device)
 
 
 def stage_configs(opts: dict, label_dim: int) -> dict:
@@ -79,7 +67,7 @@ def stage_configs(opts: dict, label_dim: int) -> dict:
     out = {}
     for s in wanted:
         stage_res = res // k if s == 1 else res
-        mult = _ints(opts[f"channel_mult{s}"])
+        mult = parse_numbers(opts[f"channel_mult{s}"])
         if stage_res % (2 ** (len(mult) - 1)):
             raise ValueError(f"stage {s} resolution {stage_res} is not divisible by 2^{len(mult) - 1} "
                              f"(--channel-mult{s} {opts[f'channel_mult{s}']} has {len(mult)} levels)")
@@ -88,7 +76,8 @@ def stage_configs(opts: dict, label_dim: int) -> dict:
         # EDM's preset for --arch, scaled down by --channels, --channel-multN, --num-blocks, --attn-res.
         net = dict(img_resolution=stage_res, img_channels=3, label_dim=label_dim, sigma_data=0.5,
                    **ARCH_PRESETS[opts["arch"]], model_channels=opts["channels"], channel_mult=mult,
-                   num_blocks=opts["num_blocks"], attn_resolutions=_ints(opts["attn_res"]), dropout=opts["dropout"],
+                   num_blocks=opts["num_blocks"], attn_resolutions=parse_numbers(opts["attn_res"]),
+                   dropout=opts["dropout"],
                    label_dropout=opts["label_dropout"] if label_dim else 0.0)
         if opts["augment"]:  # EDM's 9 augmentation labels (relaydiff.augment) condition the network
             net["augment_dim"] = AUGMENT_DIM
@@ -173,17 +162,6 @@ class _StopFlag:
             signal.signal(s, h)
 
 
-def _ema_update(ema, net, cur_nimg, batch, opts):
-    ema_nimg = opts["ema_halflife_kimg"] * 1000
-    if opts["ema_rampup"] is not None:
-        ema_nimg = min(ema_nimg, cur_nimg * opts["ema_rampup"])
-    beta = 0.5 ** (batch / max(ema_nimg, 1e-8))
-    for p_ema, p_net in zip(ema.parameters(), net.parameters(), strict=True):
-        p_ema.copy_(p_net.detach().lerp(p_ema, beta))
-    for b_ema, b_net in zip(ema.buffers(), net.buffers(), strict=True):
-        b_ema.copy_(b_net.detach())
-
-
 def _truncate_metrics(path, step):
     """Keep the records up to the checkpoint's step. Records are appended a line at a time, so a
     kill can leave the last line partly written (no newline yet): it is dropped. Any other
@@ -210,7 +188,7 @@ def _truncate_metrics(path, step):
 # The files a run writes (checkpoint.py's layout), and the temporaries atomic_write makes for them:
 # "." + name + "." + mkstemp's 8 random characters + ".tmp". A kill -9 mid-write leaves one behind.
 _RUN_FILES = re.compile(r"(checkpoint\.pt|config\.json|metrics\.jsonl|grid(-\d{6,})?\.png)")
-_TEMPORARY = re.compile(r"\." + _RUN_FILES.pattern + r"\.[a-z0-9_]{8}\.tmp")
+_TEMPORARY = re.compile(r"\.(" + _RUN_FILES.pattern + r"|network-snapshot-\d{6,}\.pt)\.[a-z0-9_]{8}\.tmp")
 
 
 def _remove_stale_temporaries(run_dir) -> list[str]:
@@ -257,6 +235,7 @@ def training_loop(**overrides) -> dict:
     if opts["batch"] % world:
         raise ValueError(f"--batch {opts['batch']} is not divisible by the number of ranks ({world})")
     batch_local = opts["batch"] // world
+    batch_gpu = check_scale_options(opts, batch_local)
     run_dir = opts["outdir"]
     ckpt_path = os.path.join(run_dir, ckpt.CHECKPOINT_NAME)
     if opts["resume"] and not os.path.isfile(ckpt_path):
@@ -273,13 +252,21 @@ def training_loop(**overrides) -> dict:
     config = {"train": train_opts, "k": opts["k"], "stages": stages}
 
     torch.manual_seed(opts["seed"])
-    nets, emas, opts_, losses_fn = {}, {}, {}, {}
+    memory_format = torch.channels_last if opts["channels_last"] else torch.contiguous_format
+    nets, emas, opts_, losses_fn, scales = {}, {}, {}, {}, {}
     for s, sc in stages.items():
-        nets[s] = build_network(sc["network"]).to(device).train()
+        nets[s] = build_network(sc["network"]).to(device, memory_format=memory_format).train()
+    if opts["transfer"] and not opts["resume"]:
+        transfer_weights(opts["transfer"], nets)
+    for s, sc in stages.items():
         emas[s] = copy.deepcopy(nets[s]).eval().requires_grad_(False)
         opts_[s] = torch.optim.Adam(nets[s].parameters(), lr=opts["lr"], betas=(0.9, 0.999), eps=1e-8)
         losses_fn[s] = _build_loss(sc["loss"])
+        scales[s] = LossScale(opts["ls"], device.type, enabled=bool(opts["fp16"]))
     label_p = {s: take_label_dropout(n) for s, n in nets.items()}  # applied per image: drop_labels
+    # A transferred network is already trained: its EMA averages over the whole half-life from the
+    # start (EDM's train.py sets ema_rampup_ratio=None with --transfer).
+    ema_rampup = None if opts["transfer"] else opts["ema_rampup"]
 
     start = 0
     if opts["resume"]:
@@ -293,6 +280,7 @@ def training_loop(**overrides) -> dict:
             nets[s].load_state_dict(state["stages"][s]["net"])
             emas[s].load_state_dict(state["stages"][s]["ema"])
             opts_[s].load_state_dict(state["stages"][s]["optimizer"])
+            scales[s].load_state_dict(state["stages"][s].get("loss_scale", {}))
         torch.set_rng_state(state["rng"]["torch"].cpu())
         start = state["step"]
         if opts["steps"] < start:
@@ -304,6 +292,8 @@ def training_loop(**overrides) -> dict:
     ids = [device.index] if device.type == "cuda" else None
     ddp = {s: torch.nn.parallel.DistributedDataParallel(n, device_ids=ids) if world > 1 else n
            for s, n in nets.items()}
+    # The compiled forward is used for training only; nets[s] (the same parameters) is what is saved.
+    forward = {s: torch.compile(n) if opts["compile"] else n for s, n in ddp.items()}
 
     # Fixed preview inputs: evenly spaced dataset images, so classes vary along the row.
     n_prev = min(8, len(dataset))
@@ -314,11 +304,13 @@ def training_loop(**overrides) -> dict:
 
     def state_dicts():
         return {s: {"net": nets[s].state_dict(), "ema": emas[s].state_dict(),
-                    "optimizer": opts_[s].state_dict()} for s in stages}
+                    "optimizer": opts_[s].state_dict(), "loss_scale": scales[s].state_dict()} for s in stages}
 
-    def save(step):
+    def save(step, snapshot=False):
         if rank == 0:
             ckpt.save_checkpoint(run_dir, step, config, state_dicts(), rng={"torch": torch.get_rng_state()})
+            if snapshot:
+                save_snapshot(run_dir, step, step * opts["batch"], config, nets, emas)
         dist_util.barrier()
 
     def grid(step, final=False):
@@ -344,7 +336,9 @@ def training_loop(**overrides) -> dict:
         n_params = {s: sum(p.numel() for p in n.parameters()) for s, n in nets.items()}
         dist_util.print0(f"{run_dir}: dataset {dataset.name} ({len(dataset)} images, {label_dim} classes), "
                          f"stages {list(stages)} params {n_params}, {world} rank(s) on {device}")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bool(opts["bf16"]))
+    amp_dtype = torch.float16 if opts["fp16"] else torch.bfloat16
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=bool(opts["fp16"] or opts["bf16"]))
+    rounds = batch_local // batch_gpu  # gradient accumulation rounds per step
     steps, k, seed = opts["steps"], opts["k"], opts["seed"]
     history = {s: [] for s in stages}
     metrics_path = os.path.join(run_dir, "metrics.jsonl")
@@ -356,29 +350,32 @@ def training_loop(**overrides) -> dict:
     with _StopFlag() as stop:
         while step < steps:
             t0 = time.perf_counter()
-            torch.manual_seed(_mix(seed, step, rank, 7))  # dropout / label dropout of this step
+            torch.manual_seed(mix_seed(seed, step, rank, 7))  # dropout of this step
             positions = range(rank * batch_local, (rank + 1) * batch_local)
             images, onehot, augment_labels = batches(step)  # this rank's share of the global batch
+            images = images.contiguous(memory_format=memory_format)
             lr = opts["lr"] * min(1.0, (step + 1) / max(opts["lr_rampup"], 1))  # linear warm-up
             step_loss = {}
             for s in stages:
-                x = F.avg_pool2d(images, k) if s == "1" else images
-                seeds = image_seeds(seed, step, positions, int(s), device)
-                with autocast:
-                    loss = losses_fn[s](ddp[s], x, seeds, drop_labels(onehot, label_p[s], seeds),
-                                        augment_labels=augment_labels).mean()
+                x_all = F.avg_pool2d(images, k) if s == "1" else images
+                seeds_all = image_seeds(seed, step, positions, int(s), device)
+                labels_all = drop_labels(onehot, label_p[s], seeds_all)
                 opts_[s].zero_grad(set_to_none=True)
-                loss.backward()
-                for p in nets[s].parameters():
-                    if p.grad is not None:
-                        torch.nan_to_num(p.grad, nan=0, posinf=1e5, neginf=-1e5, out=p.grad)
-                if opts["grad_clip"]:
-                    torch.nn.utils.clip_grad_norm_(nets[s].parameters(), opts["grad_clip"])
-                for g in opts_[s].param_groups:
-                    g["lr"] = lr
-                opts_[s].step()
-                _ema_update(emas[s], nets[s], (step + 1) * opts["batch"], opts["batch"], opts)
-                step_loss[s] = loss.detach()
+                total = torch.zeros((), device=device)
+                for r in range(rounds):  # each round's mean loss weighted 1/rounds: the batch's mean
+                    part = slice(r * batch_gpu, (r + 1) * batch_gpu)
+                    sync = r == rounds - 1 or world == 1
+                    with (contextlib.nullcontext() if sync else ddp[s].no_sync()), autocast:
+                        loss = losses_fn[s](forward[s], x_all[part], seeds_all[part],
+                                            None if labels_all is None else labels_all[part],
+                                            augment_labels=None if augment_labels is None else augment_labels[part],
+                                            ).float().mean() / rounds
+                    scales[s].backward(loss)
+                    total += loss.detach()
+                optimizer_step(nets[s], opts_[s], lr, opts["grad_clip"], scales[s])
+                ema_update(emas[s], nets[s], (step + 1) * opts["batch"], opts["batch"], opts["ema_halflife_kimg"],
+                           ema_rampup)
+                step_loss[s] = total
             step += 1
             vals = torch.stack([step_loss[s].float() for s in stages])
             if world > 1:
@@ -391,14 +388,18 @@ def training_loop(**overrides) -> dict:
             img_rate = rate if img_rate is None else 0.9 * img_rate + 0.1 * rate
             bar.update(1)
             shown = {f"loss{s}": f"{v:.4f}" for s, v in zip(stages, vals, strict=True)}
-            bar.set_postfix({**shown, "img/s": f"{img_rate:.0f}"})
+            peak = peak_memory_gib(device)
+            bar.set_postfix({**shown, "img/s": f"{img_rate:.1f}", "s/kimg": f"{1000 / img_rate:.1f}",
+                             "peak": f"{peak:.2f}GiB"})
             if rank == 0 and (_every(step, opts["log_every"]) or step == steps):
                 rec = {"step": step, "kimg": step * opts["batch"] / 1000, "lr": lr, "img_per_s": img_rate,
+                       "s_per_kimg": 1000 / img_rate, "peak_mem_gib": peak,
                        **{f"loss{s}": v for s, v in zip(stages, vals, strict=True)}}
                 ckpt.append_line(metrics_path, json.dumps(rec))
             stopping = dist_util.any_flag(stop.signum is not None, device)
-            if stopping or _every(step, opts["snap_every"]) or step == steps:
-                save(step)
+            snapshot = _every(step, opts["snap_every"]) or step == steps
+            if stopping or snapshot:
+                save(step, snapshot=snapshot and not stopping)
             if _every(step, opts["grid_every"]) and step < steps and not stopping:
                 grid(step)
             if stopping:

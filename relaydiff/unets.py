@@ -26,6 +26,16 @@ def _drop_labels(class_labels, label_dropout, training, batch, device):
     return class_labels
 
 
+def _level_channels(model_channels, mult) -> int:
+    """A level's channel count model_channels * mult as an int. RDM's 512/1024 stages (paper Table 5)
+    use multipliers of 0.5, which EDM's U-Nets take as long as the product is a whole number."""
+    channels = model_channels * mult
+    if isinstance(mult, bool) or not isinstance(mult, (int, float)) or channels < 1 or channels != int(channels):
+        raise ValueError(f"channel multiplier {mult!r} times model_channels {model_channels} is not a whole "
+                         f"number of channels (>= 1)")
+    return int(channels)
+
+
 class SongUNet(nn.Module):
     """DDPM++ / NCSN++ (Song et al. 2021) as reimplemented in EDM. Presets (EDM's train.py):
     DDPM++: embedding_type='positional', channel_mult_noise=1, encoder_type='standard', resample_filter=[1,1];
@@ -84,7 +94,7 @@ class SongUNet(nn.Module):
                                                                    fused_resample=True, **init)
                     caux = cout
             for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
+                cin, cout = cout, _level_channels(model_channels, mult)
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions,
                                                                 **block)
         skips = [b.out_channels for name, b in self.enc.items() if "aux" not in name]
@@ -99,7 +109,7 @@ class SongUNet(nn.Module):
             else:
                 self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
             for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
+                cin, cout = cout + skips.pop(), _level_channels(model_channels, mult)
                 attn = idx == num_blocks and res in attn_resolutions
                 self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=attn, **block)
             if decoder_type == "skip" or level == 0:
@@ -178,12 +188,12 @@ class DhariwalUNet(nn.Module):
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
-                cin, cout = cout, model_channels * mult
+                cin, cout = cout, _level_channels(model_channels, mult)
                 self.enc[f"{res}x{res}_conv"] = Conv2d(cin, cout, kernel=3, **init)
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(cout, cout, down=True, **block)
             for idx in range(num_blocks):
-                cin, cout = cout, model_channels * mult
+                cin, cout = cout, _level_channels(model_channels, mult)
                 self.enc[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions,
                                                                 **block)
         skips = [b.out_channels for b in self.enc.values()]
@@ -197,7 +207,7 @@ class DhariwalUNet(nn.Module):
             else:
                 self.dec[f"{res}x{res}_up"] = UNetBlock(cout, cout, up=True, **block)
             for idx in range(num_blocks + 1):
-                cin, cout = cout + skips.pop(), model_channels * mult
+                cin, cout = cout + skips.pop(), _level_channels(model_channels, mult)
                 self.dec[f"{res}x{res}_block{idx}"] = UNetBlock(cin, cout, attention=res in attn_resolutions,
                                                                 **block)
         self.out_norm = GroupNorm(num_channels=cout)

@@ -163,11 +163,11 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def _ddp_worker(rank, world, port, outdir, result_dir):
+def _ddp_worker(rank, world, port, outdir, result_dir, extra=None):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    out = training_loop(**{**TINY, "outdir": outdir, "steps": 4, "device": "cpu", "dropout": 0.1})
+    out = training_loop(**{**TINY, "outdir": outdir, "steps": 4, "device": "cpu", "dropout": 0.1, **(extra or {})})
     state = {s: n.state_dict() for s, n in out["nets"].items()}
     torch.save({"nets": state, "losses": out["losses"]}, os.path.join(result_dir, f"rank{rank}.pt"))
     torch.distributed.destroy_process_group()
@@ -185,6 +185,20 @@ def test_ddp_two_ranks_identical_and_match_single_process(tmp_path):
     # single-process one: same global batch, same per-image noise, mean over ranks.
     single = _run(tmp_path, "single", steps=1, device="cpu", dropout=0.1)
     assert r0["losses"]["2"][0] == pytest.approx(single["losses"]["2"][0], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_with_batch_gpu_matches_single_process(tmp_path):
+    """2 ranks x 2 accumulation passes of 2 images (DDP syncing on the last pass) train as one process
+    on the whole batch of 8, to float rounding (dropout off: its masks are drawn per pass)."""
+    extra = dict(steps=2, dropout=0.0, cond=False, batch_gpu=2)
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(tmp_path / "ddp"), str(tmp_path), extra), nprocs=2)
+    r0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
+    single = _run(tmp_path, "single", steps=2, device="cpu", dropout=0.0, cond=False)
+    for s in ("1", "2"):
+        assert r0["losses"][s] == pytest.approx(single["losses"][s], rel=1e-5)
+        for key, v in single["nets"][s].state_dict().items():
+            torch.testing.assert_close(r0["nets"][s][key], v, rtol=1e-4, atol=1e-6)
 
 
 def test_bad_inputs(tmp_path, monkeypatch):

@@ -13,6 +13,8 @@
 #   memcheck   compute-sanitizer --tool memcheck on the self-test (a small call of every kernel)
 #   racecheck  compute-sanitizer --tool racecheck on the self-test (shared-memory hazards)
 #   graph      CUDA-graph capture and replay of sample_relay vs eager (tools/gpu_graph_check.py)
+#   train      benchmarks/train_step.py: a training step of each paper preset at full size, batch-gpu 16
+#              (fused vs the released corruption), images/s and peak memory, in OUTDIR/train-step.md
 #   bench      python -m benchmarks.table --device cuda, the table in OUTDIR/benchmark-table.md
 # Without a CUDA GPU visible to torch it says so and exits with status 2 at once.
 # PYTHON (default: python, else python3), CUDA_HOME (default /usr/local/cuda), MAX_JOBS and
@@ -133,6 +135,8 @@ step test-gpu 150 110 bash -c gpu_tests
 step memcheck 50 70 bash -c 'sanitize memcheck'
 step racecheck 60 50 bash -c 'sanitize racecheck'
 step graph 60 40 "$PYTHON" tools/gpu_graph_check.py
+step train 120 150 bash -c 'set -o pipefail; "$PYTHON" benchmarks/train_step.py --preset all --full-size \
+  --device cuda --batch-gpu 16 --steps 3 | tee "$OUTDIR/train-step.md"'
 step bench 300 0 bash -c 'set -o pipefail; "$PYTHON" -m benchmarks.table --device cuda | tee "$OUTDIR/benchmark-table.md"'
 
 say "total $(($(date +%s) - START)) s; $([[ $FAILED == 0 ]] && echo 'every step ok' || echo 'some steps FAILED: see their logs')"

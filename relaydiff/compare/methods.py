@@ -20,8 +20,9 @@ import tqdm
 from .. import sampling
 from ..dataset import global_indices
 from ..loss import EDMLoss, RelayLoss
+from ..train_step import ema_update, mix_seed, optimizer_step
 from ..training_loop import DEFAULTS as TRAIN_DEFAULTS
-from ..training_loop import _ema_update, _mix, image_seeds
+from ..training_loop import image_seeds
 from .cdm import CDMLoss, sample_cdm
 from .lowdiff import LowDiffLoss, LowDiffNet, sample_lowdiff
 from .nets import Precond
@@ -82,31 +83,28 @@ def train_unit(name, cfg, dataset, device="cpu", progress=True):
     unit), dropout RNG re-seeded each step (as training_loop), initialisation from (seed, unit): torch
     seeds its default generator randomly per process, so an unseeded init differs run to run."""
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_mix(cfg["seed"], UNIT_IDS[name], 0x1417))
+        torch.manual_seed(mix_seed(cfg["seed"], UNIT_IDS[name], 0x1417))
         net, step_loss = build_unit(name, cfg)
     net = net.to(device).train()
     ema = copy.deepcopy(net).eval().requires_grad_(False)
     opt = torch.optim.Adam(net.parameters(), lr=cfg["lr"], betas=(0.9, 0.999), eps=1e-8)
     max_steps, max_seconds = unit_budget(name, cfg)
     batch, seed, uid = cfg["batch"], cfg["seed"], UNIT_IDS[name]
-    ema_opts = {key: TRAIN_DEFAULTS[key] for key in ("ema_halflife_kimg", "ema_rampup")}
     bar = tqdm.tqdm(total=max_steps, desc=f"train {name}", disable=not progress, dynamic_ncols=True, leave=False)
     step, seconds, last = 0, 0.0, float("nan")
     while (max_steps is None or step < max_steps) and seconds < max_seconds:
         t0 = time.perf_counter()
-        torch.manual_seed(_mix(seed, step, uid, 7))
+        torch.manual_seed(mix_seed(seed, step, uid, 7))
         images_u8, _ = dataset.batch(global_indices(step, batch, len(dataset), seed))
         images = images_u8.to(device, torch.float32) / 127.5 - 1
         seeds = image_seeds(seed, step, range(batch), uid, device)
         loss = step_loss(net, images, seeds, step).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), TRAIN_DEFAULTS["grad_clip"])
-        for g in opt.param_groups:
-            g["lr"] = cfg["lr"] * min(1.0, (step + 1) / TRAIN_DEFAULTS["lr_rampup"])  # linear warm-up
-        opt.step()
+        lr = cfg["lr"] * min(1.0, (step + 1) / TRAIN_DEFAULTS["lr_rampup"])  # linear warm-up
+        optimizer_step(net, opt, lr, TRAIN_DEFAULTS["grad_clip"])  # training_loop's step (no loss scaling)
         step += 1
-        _ema_update(ema, net, step * batch, batch, ema_opts)
+        ema_update(ema, net, step * batch, batch, TRAIN_DEFAULTS["ema_halflife_kimg"], TRAIN_DEFAULTS["ema_rampup"])
         last = float(loss.detach())
         seconds += time.perf_counter() - t0
         bar.update(1)
