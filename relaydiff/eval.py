@@ -272,9 +272,9 @@ def main(argv=None) -> int:
     except ImageError as exc:  # a bad input file: the message and status of a usage error
         print(f"relaydiff.eval: error: {exc}", file=sys.stderr)
         return 2
-    except (FileNotFoundError, ValueError, OSError) as exc:
+    except (FileNotFoundError, ValueError, OSError) as exc:  # a missing, refused or unwritable file
         print(f"error: {_one_line(exc)}", file=sys.stderr)
-        return 1
+        return 2
     return 0
 
 

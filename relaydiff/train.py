@@ -8,7 +8,8 @@ writes RUN/checkpoint.pt, RUN/metrics.jsonl and RUN/grid.png (see relaydiff/chec
 options given beside it override it. `--dry-run` prints the resolved options and each stage's network
 (config, parameter count) as JSON without building or reading anything.
 
-`--outdir RUN --resume` continues RUN with the options it was started with (RUN/config.json).
+`--outdir RUN --resume` continues RUN with the options it was started with (saved in RUN/checkpoint.pt,
+mirrored in RUN/config.json).
 Options given again must keep their saved values (anything else would not continue the run
 exactly), except --steps (raise it to extend the run) and the operational --device, --threads,
 --progress, --log-every, --snap-every, --grid-every and --preview-steps.
@@ -61,7 +62,7 @@ HELP = dict(
     ema_rampup="EMA half-life ramp-up ratio (EDM)", bf16="bfloat16 autocast",
     seed="global seed (data crops, order, noise and initialisation)",
     device="auto (cuda if available, else cpu), cpu, cuda, cuda:N",
-    resume="continue the run in --outdir from its checkpoint, with the options saved in its config.json",
+    resume="continue the run in --outdir from its checkpoint, with the options saved in its checkpoint",
     cond="class-conditional training when the data has labels",
     label_dropout="label dropout probability (for classifier-free guidance)",
     arch="network: EDM's presets ddpmpp, ncsnpp (SongUNet) or adm (DhariwalUNet), scaled down by --channels, "
@@ -162,15 +163,16 @@ def resume_options(opts: dict, explicit: set[str]) -> dict:
     Any other option given with a value other than the saved one is an error, as changing it would
     silently break exact resume.
     """
-    path = os.path.join(opts["outdir"], ckpt.CONFIG_NAME)
-    if not os.path.isfile(os.path.join(opts["outdir"], ckpt.CHECKPOINT_NAME)):
-        return opts  # training_loop says there is nothing to resume
+    # The options come from checkpoint.pt, the run's source of truth: it is written before
+    # config.json (checkpoint.py), so a crash between the two leaves a stale config.json only.
+    path = os.path.join(opts["outdir"], ckpt.CHECKPOINT_NAME)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"--resume: no {path} (the options the run was started with)")
+        return opts  # training_loop says there is nothing to resume
     try:
-        with open(path) as f:
-            saved = json.load(f)["train"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+        saved = ckpt.load_checkpoint(path)["config"]["train"]
+        if not isinstance(saved, dict):
+            raise TypeError(f"the saved options are a {type(saved).__name__}, not a dict")
+    except (KeyError, TypeError) as exc:
         raise ValueError(f"--resume: cannot read the run's options from {path} ({exc})") from exc
     out = dict(opts)
     for name in DEFAULTS:

@@ -111,7 +111,7 @@ def test_calc_end_to_end_and_edm_statistics(one_thread, tmp_path, capsys, detect
     assert json.loads(out)["fid"] == pytest.approx(res["fid"], rel=1e-6)
     rc, _, err = _run(capsys, "calc", "--sample", tmp_path / "gen.npz", "--ref", tmp_path / "edm-ref.npz",
                       "--metrics", "pr")
-    assert rc == 1 and "feat" in err and err.count("\n") == 1
+    assert rc == 2 and "feat" in err and err.count("\n") == 1
 
 
 def test_compare_is_the_two_steps(one_thread, tmp_path, capsys, detector_file):
@@ -135,7 +135,7 @@ def test_failed_activations_leave_the_old_file(one_thread, tmp_path, capsys, det
     dest.write_bytes(b"old")
     rc, _, err = _run(capsys, "activations", "--data", tmp_path / "gen", "--dest", dest, "--detector",
                       detector_file, "--device", "cpu", "--workers", 1)
-    assert rc == 1 and err.strip().splitlines()[-1].startswith("error: ") and "000009.png" in err, err
+    assert rc == 2 and err.strip().splitlines()[-1].startswith("error: ") and "000009.png" in err, err
     assert dest.read_bytes() == b"old" and sorted(os.listdir(tmp_path)) == ["gen", "old.npz"]
 
 

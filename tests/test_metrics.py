@@ -309,7 +309,7 @@ def test_eval_cli(tmp_path, capsys, monkeypatch):
     res = json.loads((tmp_path / "m.json").read_text())
     assert res["num_sample"] == 8 and res["rapsd_distance"] == 0.0 and res["swd"] == 0.0
     rc, err = run("compare", "--gen", tmp_path / "gen", "--ref", tmp_path / "ref", "--metrics", "fid")
-    assert rc == 1 and "weights-inception-2015-12-05-6726825d.pth" in err and str(tmp_path / "cache") in err
+    assert rc == 2 and "weights-inception-2015-12-05-6726825d.pth" in err and str(tmp_path / "cache") in err
     rc, err = run(
         "snr", "--images", tmp_path / "ref", "--resolutions", "16,32", "--out", tmp_path / "snr.png"
     )

@@ -102,6 +102,20 @@ def test_cli_resume_refuses_a_changed_option(tmp_path, capsys):
     assert rc == 2 and "--steps 2 is below the step of" in err, err
 
 
+def test_resume_takes_the_options_from_the_checkpoint_not_a_stale_config(tmp_path, capsys):
+    """checkpoint.pt is written before config.json: a crash between the two leaves the new checkpoint
+    beside the old config.json, and --resume must continue from the checkpoint's own options."""
+    run = tmp_path / "run"
+    assert _main(capsys, *_flags(**TINY), "--outdir", run, "--steps", 2)[0] == 0
+    cfg = json.loads((run / "config.json").read_text())
+    cfg["train"]["batch"] = 4  # what an older config.json of another run could say
+    (run / "config.json").write_text(json.dumps(cfg))
+    rc, err = _main(capsys, "--outdir", run, "--resume", "--steps", 3)
+    assert rc == 0, err
+    assert checkpoint.load_checkpoint(str(run))["config"]["train"]["batch"] == TINY["batch"]
+    assert json.loads((run / "config.json").read_text())["train"]["batch"] == TINY["batch"]
+
+
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path, capsys):
     _run(tmp_path, steps=1)
     path = tmp_path / "run" / "checkpoint.pt"
