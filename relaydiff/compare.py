@@ -31,6 +31,7 @@ from . import cli_args as cli
 from . import eval as evaluation
 from .compare_methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
 from .dataset import open_dataset
+from .distributed import resolve_device
 from .method_nets import num_params
 from .training_loop import _save_grid
 
@@ -70,7 +71,8 @@ def parse_args(argv=None):
                    help="conditioning noise level at sampling (CDM augmentation, CDM/LowDiff truncation)")
     p.add_argument("--aug-max", type=cli.positive_float, default=1.0, help="training augmentation level ~ U(0, this)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="training and sampling seed")
-    p.add_argument("--device", default="cpu", help="torch device for training and sampling (e.g. cuda)")
+    p.add_argument("--device", default="auto",
+                   help="torch device for training and sampling: auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--inception", default=None, help="local Inception-v3 TorchScript file: adds KID and FID")
     p.add_argument("--threads", type=cli.nonnegative_int, default=1,
                    help="torch threads (0: torch's default; 1 is robust on a shared machine)")
@@ -195,7 +197,7 @@ def run(args, command="python -m relaydiff.compare") -> list[dict]:
 
 
 def _run(args, command):
-    device = torch.device(args.device)
+    device = resolve_device(args.device)
     os.makedirs(args.outdir, exist_ok=True)
     dataset = open_dataset(args.data, args.resolution, seed=args.seed)
     ref_u8, other_u8 = _reference(dataset, args.num_samples)

@@ -22,6 +22,8 @@ import numpy as np
 import PIL.Image
 import torch
 
+from .extras import require
+
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 
 # Colour photographs shipped inside the scikit-image wheel (skimage/data/*), so no pooch fetch.
@@ -102,7 +104,7 @@ def _labels_from_json(text: str, name: str) -> dict:
 def builtin_dataset(resolution: int, num_images: int = 512, seed: int = 0,
                     min_frac: float = 0.5) -> ImageDataset:
     """Random square crops (side min_frac..1 of the short edge) of the bundled photographs."""
-    import skimage
+    skimage = require("skimage", "train", "--data builtin (scikit-image's bundled photographs)", "scikit-image")
 
     root = os.path.join(os.path.dirname(skimage.__file__), "data")
     rng = np.random.default_rng(seed)

@@ -18,9 +18,10 @@ import math
 import os
 
 import numpy as np
-import scipy.linalg
 import torch
 import torch.nn.functional as F
+
+from .extras import require
 
 # ---------------------------------------------------------------------------- FID, KID, sFID
 
@@ -37,11 +38,12 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
     """|mu1 - mu2|^2 + tr(S1 + S2 - 2 (S1 S2)^(1/2)) (FID between Gaussians fit to features)."""
     mu1, mu2 = np.atleast_1d(mu1), np.atleast_1d(mu2)
     sigma1, sigma2 = np.atleast_2d(sigma1), np.atleast_2d(sigma2)
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    linalg = require("scipy.linalg", "eval", "FID")
+    covmean = linalg.sqrtm(sigma1 @ sigma2)
     if not np.isfinite(covmean).all():
         # Singular product (few samples): regularize as pytorch-fid does.
         eps = np.eye(sigma1.shape[0]) * 1e-6
-        covmean = scipy.linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
+        covmean = linalg.sqrtm((sigma1 + eps) @ (sigma2 + eps))
     covmean = np.real(covmean)
     return float(np.square(mu1 - mu2).sum() + np.trace(sigma1 + sigma2 - 2 * covmean))
 
@@ -243,11 +245,14 @@ _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def _plot_pil(curves: dict, path: str, title: str, ylabel: str) -> str:
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     w, h, left, right, top, bottom = 640, 440, 60, 20, 30, 45
     img = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(img)
+    # Pillow's default FreeType font draws a space 2 px wide, so titles read as one word; its
+    # bitmap font (Pillow >= 10.1) spaces words as a chart needs.
+    draw.font = ImageFont.load_default_imagefont() if hasattr(ImageFont, "load_default_imagefont") else None
     xs = np.concatenate([c[0] for c in curves.values()])
     ys = np.concatenate([c[1] for c in curves.values()])
     ys = ys[np.isfinite(ys)]
