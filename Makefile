@@ -3,7 +3,7 @@
 PYTHON ?= python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: build-deps install install-test train test test-gpu gpu-check cuda-torch-build cuda-check emu-asan triton-aot bench bench-pytest lint
+.PHONY: build-deps install install-test train test test-gpu gpu-check cuda-torch-build cuda-check emu-asan triton-aot bench bench-pytest lint package
 
 # What the build itself needs (torch only when none is installed).
 build-deps:
@@ -53,6 +53,11 @@ test-gpu:
 GPU_CHECK_OUT ?=
 gpu-check:
 	PYTHON="$(PYTHON)" bash tools/gpu_check.sh $(GPU_CHECK_OUT)
+
+# The sdist and a wheel from a clean copy, each installed in a fresh venv with the pinned CPU torch
+# and checked from outside the tree, as CI does (.ci/package.sh; two builds of the C++, ~10 min on 2 cores).
+package:
+	TORCH_SPEC="$(TORCH_SPEC)" bash .ci/package.sh
 
 # What CI runs for the CUDA extension against a CUDA torch (2.14.1) without a GPU (~20 min, 2 cores).
 cuda-torch-build:
