@@ -8,7 +8,7 @@ TORCH_SPEC ?= torch==2.13.0
 # What the build itself needs (torch only when none is installed).
 build-deps:
 	$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install $(TORCH_SPEC)
-	$(PYTHON) -m pip install setuptools wheel ninja numpy
+	$(PYTHON) -m pip install "setuptools>=77" wheel ninja numpy
 
 install: build-deps
 	$(PYTHON) -m pip install --no-build-isolation -e ".[train]"

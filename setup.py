@@ -13,7 +13,14 @@ import glob
 import os
 import sys
 
+import setuptools
 from setuptools import setup
+
+# pyproject.toml's SPDX `license = "MIT"` needs setuptools 77; older ones fail with a page of schema
+# errors. (Under --no-build-isolation pip does not install build-system.requires for you.)
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(f"relay_kernels: setuptools {setuptools.__version__} is too old to build this package: "
+             "pip install -U 'setuptools>=77' wheel ninja, then run the install again")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 # The setup.py commands that compile (pip runs bdist_wheel / editable_wheel; the rest are direct uses).

@@ -28,7 +28,7 @@ git ls-files -z --cached --others --exclude-standard | tar --null -T - --ignore-
 
 new_venv() {  # dir: a virtualenv with the pinned torch and what --no-build-isolation needs
   "$PYTHON" -m venv "$1"
-  "$1/bin/python" -m pip install -q "$TORCH_SPEC" setuptools wheel ninja build
+  "$1/bin/python" -m pip install -q "$TORCH_SPEC" "setuptools>=77" wheel ninja build
 }
 
 smoke() {  # python what: the installed packages work from outside the source tree
