@@ -323,5 +323,6 @@ def test_spec_citations_name_sections_of_docs_spec():
         text = _read(path)
         bad += [f"{path}: SPEC {n}" for n in re.findall(r"\bSPEC(?: section)? (\d+)", text) if n not in sections]
         bad += [f"{path}: cites {outside}" for _ in range(text.count(outside))]
-        bad += [f"{path}: a SPEC file without docs/" for _ in re.findall(r"(?<![\w/])SPEC\.md", text)]
+        if not path.startswith("docs" + os.sep):  # inside docs/ a relative link to the SPEC file is docs/SPEC.md
+            bad += [f"{path}: a SPEC file without docs/" for _ in re.findall(r"(?<![\w/])SPEC\.md", text)]
     assert not bad, bad
