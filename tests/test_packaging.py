@@ -108,6 +108,15 @@ def test_a_missing_extra_is_one_line_naming_it(monkeypatch, missing, call, extra
     assert isinstance(info.value, ValueError)  # the CLIs print ValueErrors as one-line usage errors
 
 
+def test_relaydiff_diffusers_without_diffusers_names_the_extra(monkeypatch):
+    import importlib
+
+    monkeypatch.setitem(sys.modules, "diffusers", None)
+    monkeypatch.delitem(sys.modules, "relaydiff.diffusers", raising=False)  # restored afterwards
+    with pytest.raises(MissingExtraError, match=r"\[diffusers\].*pip install --no-build-isolation '\.\[diffusers\]'"):
+        importlib.import_module("relaydiff.diffusers")
+
+
 def test_the_command_lines_default_to_device_auto():
     assert sample.parse_args(["--run", "r", "--outdir", "o"]).device == "auto"
     assert compare.parse_args(["--outdir", "o"]).device == "auto"
