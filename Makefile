@@ -55,7 +55,8 @@ gpu-check:
 	PYTHON="$(PYTHON)" bash tools/gpu_check.sh $(GPU_CHECK_OUT)
 
 # The sdist and a wheel from a clean copy, each installed in a fresh venv with the pinned CPU torch
-# and checked from outside the tree, as CI does (.ci/package.sh; two builds of the C++, ~10 min on 2 cores).
+# and checked from outside the tree, as CI does (.ci/package.sh; two builds of the C++: 16-19 min measured on
+# the shared 2-core VM under load 4-10, 2026-12-07; one build took 2 min there at low load).
 package:
 	TORCH_SPEC="$(TORCH_SPEC)" bash .ci/package.sh
 
