@@ -1,23 +1,46 @@
 """Builds relay_kernels._C: the CPU kernels always, the CUDA kernels when this torch is a CUDA
 build and the CUDA toolkit is found. No GPU is needed to build; a skipped backend says why.
 
-Install with `pip install --no-build-isolation -e .` so the build uses the torch already
-installed rather than downloading another one.
+Install with `pip install --no-build-isolation .` (`-e .` for development) in an environment that
+already has torch, so the extension is compiled against that torch. torch is not a build requirement
+(pyproject.toml says why), so a plain `pip install .` stops here at once saying what to type.
+RELAY_KERNELS_NO_EXTENSIONS=1 builds no C++ at all (no torch needed to build): the reference and
+Triton backends then serve, as `import relay_kernels` allows without the compiled module.
+An sdist (`python -m build --sdist`) needs no torch either: MANIFEST.in lists every source.
 """
 
 import glob
 import os
 import sys
 
+import setuptools
 from setuptools import setup
 
-try:
-    import torch
-    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
-except ImportError:  # pragma: no cover - only without torch
-    sys.exit("relay_kernels: install torch first, then `pip install --no-build-isolation -e .`")
+# pyproject.toml's SPDX `license = "MIT"` needs setuptools 77; older ones fail with a page of schema
+# errors. (Under --no-build-isolation pip does not install build-system.requires for you.)
+if int(setuptools.__version__.split(".")[0]) < 77:
+    sys.exit(f"relay_kernels: setuptools {setuptools.__version__} is too old to build this package: "
+             "pip install -U 'setuptools>=77' wheel ninja, then run the install again")
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
+# The setup.py commands that compile (pip runs bdist_wheel / editable_wheel; the rest are direct uses).
+# Metadata and sdist commands (egg_info, dist_info, sdist) need no compiler and no torch.
+COMPILING = {"build", "build_ext", "bdist_wheel", "editable_wheel", "develop", "install", "bdist_egg"}
+NO_EXTENSIONS = os.environ.get("RELAY_KERNELS_NO_EXTENSIONS") == "1"
+WANTS_EXTENSIONS = not NO_EXTENSIONS and bool(COMPILING.intersection(sys.argv[1:]))
+
+torch = None
+if WANTS_EXTENSIONS:
+    try:
+        import torch
+        from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
+    except ImportError:
+        sys.exit(
+            "relay_kernels: torch is not installed in this build environment. The C++ extension is built "
+            "against your torch: install torch first (e.g. `pip install torch`), then "
+            "`pip install --no-build-isolation .`; or set RELAY_KERNELS_NO_EXTENSIONS=1 to install without "
+            "the C++ kernels (reference and Triton backends only)."
+        )
 
 
 def rel(pattern):
@@ -91,7 +114,12 @@ def cuda_emu_extensions():
     )]
 
 
-setup(
-    ext_modules=extensions() + cuda_emu_extensions(),
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
-)
+if WANTS_EXTENSIONS:
+    setup(
+        ext_modules=extensions() + cuda_emu_extensions(),
+        cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    )
+else:
+    if NO_EXTENSIONS:
+        print("relay_kernels: RELAY_KERNELS_NO_EXTENSIONS=1, no C++ extension: reference and Triton backends only")
+    setup()

@@ -4,7 +4,7 @@
     x_t = rk.relay_corrupt(x0, sigma, blur_sigma, k=4, block_scale=0.15, seed=seeds)
     x_next = rk.relay_step(x_cur, den, t_cur, t_next, seed=seeds, offset=offset)
 
-The math is SPEC.md's; `relay_kernels.reference` is its plain-PyTorch statement. Importing this
+The math is docs/SPEC.md's; `relay_kernels.reference` is its plain-PyTorch statement. Importing this
 package initialises no GPU and does not import Triton.
 """
 

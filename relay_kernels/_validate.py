@@ -4,7 +4,7 @@ Value checks (signs of sigmas) read tensor data, which on a GPU is a host sync, 
 Python numbers and CPU tensors, and are skipped for accelerator tensors and under torch.compile
 tracing (so sampling loops stay sync-free and CUDA-graph capturable).
 
-Ranges (SPEC "Non-finite values"; the same on every backend, checked before one is chosen):
+Ranges (SPEC 8, "Non-finite values and bad input"; the same on every backend, checked before one is chosen):
 * per-sample scalars (sigma, blur_sigma, t_cur, t_next): finite, of their sign, and representable in
   the compute dtype (float32 for half and float32 images): at most finfo.max, and t_cur (and t_next
   for relay_correct, whose D' divides by it) at least finfo.tiny, so neither rounds to 0 nor gives an

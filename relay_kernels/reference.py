@@ -1,4 +1,4 @@
-"""Plain-PyTorch reference of every formula in SPEC.md: the single source of truth.
+"""Plain-PyTorch reference of every formula in docs/SPEC.md: the single source of truth.
 
 Tests and benchmarks import their baselines from here, and the public API builds the per-sample
 spectra it hands to the fused kernels with the functions below, so each formula exists once.

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from .augment import SEED_STREAM, AugmentPipe
 from .image_files import ImageFiles, decode_image
+from .extras import require
 
 # Colour photographs shipped inside the scikit-image wheel (skimage/data/*), so no pooch fetch.
 BUILTIN_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",
@@ -105,7 +106,7 @@ def to_array(img: PIL.Image.Image, resolution: int) -> np.ndarray:
 def builtin_dataset(resolution: int, num_images: int = 512, seed: int = 0,
                     min_frac: float = 0.5, xflip: bool = False) -> ImageDataset:
     """Random square crops (side min_frac..1 of the short edge) of the bundled photographs."""
-    import skimage
+    skimage = require("skimage", "train", "--data builtin (scikit-image's bundled photographs)", "scikit-image")
 
     root = os.path.join(os.path.dirname(skimage.__file__), "data")
     rng = np.random.default_rng(seed)

@@ -1,7 +1,8 @@
 """The relay sampler (SPEC 6, RDM Algorithm 1) as a diffusers scheduler: `RelayEDMScheduler`.
 
-Needs the optional extra `diffusers` (`pip install relay_kernels[diffusers]`); `import relaydiff` does
-not import this module. The interface follows diffusers' conventions, facts taken from
+Needs the optional extra `diffusers` (from a checkout: `pip install --no-build-isolation ".[diffusers]"`;
+without it, importing this module is a one-line MissingExtraError); `import relaydiff` does not
+import it. The interface follows diffusers' conventions, facts taken from
 huggingface/diffusers `schedulers/scheduling_edm_euler.py` (EDM preconditioning, timesteps =
 c_noise = ln(sigma) / 4, `prediction_type="epsilon"` meaning EDM's raw network F) and
 `schedulers/scheduling_heun_discrete.py` (`order = 2`, a Heun step as two `step` calls with the
@@ -16,8 +17,8 @@ first call's state kept in between, timesteps after the first listed twice):
         x = scheduler.step(model_output, t, x).prev_sample
 
 With a relaydiff `EDMPrecond` net this loop on `net.model` gives bit for bit the images of
-`relaydiff.sampling.sample_relay(net, x_low, seeds=seeds)`: the same fused ops, the same per-image
-Philox streams and counters, the same float32 preconditioning arithmetic.
+`relaydiff.sampling.sample_relay(net, x_low, get_sigmas_relay(40), seeds=seeds, up_scale=4)`: the
+same fused ops, the same per-image Philox streams and counters, the same float32 preconditioning arithmetic.
 """
 
 from __future__ import annotations
@@ -27,10 +28,17 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from diffusers.configuration_utils import ConfigMixin, register_to_config
-from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
-from diffusers.utils.torch_utils import randn_tensor
+
+try:
+    from diffusers.configuration_utils import ConfigMixin, register_to_config
+    from diffusers.schedulers.scheduling_utils import SchedulerMixin
+    from diffusers.utils import BaseOutput
+    from diffusers.utils.torch_utils import randn_tensor
+except ImportError:
+    from relaydiff.extras import require
+
+    require("diffusers", "diffusers", "relaydiff.diffusers (RelayEDMScheduler)")  # the one-line error
+    raise  # diffusers is there but broken: its own error is the real one
 
 import relay_kernels as rk
 from relay_kernels import reference

@@ -267,11 +267,14 @@ _COLORS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 1
 
 
 def _plot_pil(curves: dict, path: str, title: str, ylabel: str) -> str:
-    from PIL import Image, ImageDraw
+    from PIL import Image, ImageDraw, ImageFont
 
     w, h, left, right, top, bottom = 640, 440, 60, 20, 30, 45
     img = Image.new("RGB", (w, h), "white")
     draw = ImageDraw.Draw(img)
+    # Pillow's default FreeType font draws a space 2 px wide, so titles read as one word; its
+    # bitmap font (Pillow >= 10.1) spaces words as a chart needs.
+    draw.font = ImageFont.load_default_imagefont() if hasattr(ImageFont, "load_default_imagefont") else None
     xs = np.concatenate([c[0] for c in curves.values()])
     ys = np.concatenate([c[1] for c in curves.values()])
     ys = ys[np.isfinite(ys)]

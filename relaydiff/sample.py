@@ -102,7 +102,8 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=cli.positive_int, default=16, help="images per batch (per rank)")
     p.add_argument("--outdir", required=True, help="where to write the PNGs")
     p.add_argument(
-        "--device", default="cpu", help="torch device (cuda: each torchrun rank takes its LOCAL_RANK)"
+        "--device", default="auto",
+        help="auto (cuda if available, else cpu), cpu, cuda, cuda:N (cuda: each torchrun rank takes its LOCAL_RANK)"
     )
     p.add_argument("--no-ema", action="store_true", help="use the raw weights instead of the EMA")
     p.add_argument("--s-noise", type=cli.probability, default=None,

@@ -72,7 +72,8 @@ def parse_args(argv=None):
                    help="conditioning noise level at sampling (CDM augmentation, CDM/LowDiff truncation)")
     p.add_argument("--aug-max", type=cli.positive_float, default=1.0, help="training augmentation level ~ U(0, this)")
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="training and sampling seed")
-    p.add_argument("--device", default="cpu", help="torch device for training and sampling (e.g. cuda)")
+    p.add_argument("--device", default="auto",
+                   help="torch device for training and sampling: auto (cuda if available, else cpu), cpu, cuda, cuda:N")
     p.add_argument("--inception", default=None,
                    help="FID Inception-v3 state_dict file (relaydiff.eval's --detector): adds KID and FID")
     p.add_argument("--threads", type=cli.nonnegative_int, default=1,
@@ -201,7 +202,7 @@ def run(args, command="python -m relaydiff.compare") -> list[dict]:
 
 
 def _run(args, command):
-    device = torch.device(args.device)
+    device = dist_util.resolve_device(args.device)
     os.makedirs(args.outdir, exist_ok=True)
     dataset = open_dataset(args.data, args.resolution, seed=args.seed)
     ref_u8, other_u8 = _reference(dataset, args.num_samples)
