@@ -27,8 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .augment import SEED_STREAM, AugmentPipe
-from .image_files import ImageFiles, decode_image
 from .extras import require
+from .image_files import ImageFiles, decode_image
 
 # Colour photographs shipped inside the scikit-image wheel (skimage/data/*), so no pooch fetch.
 BUILTIN_PHOTOS = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "hubble_deep_field.jpg",

@@ -17,6 +17,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_cli_args import _exit  # noqa: E402
 from test_sampling import _write_tiny_run  # noqa: E402
 
+from relaydiff.compare import study as compare_study  # noqa: E402
+
 
 def _cli(capsys, *args):
     from relaydiff import sample
@@ -111,19 +113,19 @@ def test_convert_refuses_stages_that_do_not_join(tmp_path, monkeypatch, change):
 
 
 def test_compare_retrains_a_corrupted_unit(tmp_path, monkeypatch, capsys):
-    from relaydiff import compare
+    compare = compare_study  # the study module holds the unit cache (relaydiff/compare/study.py)
 
     args = compare.parse_args(["--outdir", str(tmp_path), "--budget-kimg", "0.001", "--no-progress"])
     base = tmp_path / "units" / "edm"
     base.parent.mkdir()
-    (base.with_suffix(".json")).write_text(json.dumps({"config": compare.unit_config(args), "stats": {}}))
+    (base.with_suffix(".json")).write_text(json.dumps({"config": compare_study.unit_config(args), "stats": {}}))
     (base.with_suffix(".pt")).write_bytes(b"PK\x03\x04 truncated")
     trained = []
     monkeypatch.setattr(compare, "train_unit", lambda name, cfg, ds, dev, progress: trained.append(name)
                         or (torch.nn.Linear(1, 1), {"images": 0, "seconds": 0}))
-    net, stats = compare.get_unit("edm", args, None, torch.device("cpu"))
+    net, stats = compare_study.get_unit("edm", args, None, torch.device("cpu"))
     assert trained == ["edm"] and "retraining unit edm" in capsys.readouterr().err
-    assert compare.load_state_dict(str(base.with_suffix(".pt")))  # the retrained unit was saved
+    assert compare_study.load_state_dict(str(base.with_suffix(".pt")))  # the retrained unit was saved
 
 
 @pytest.mark.parametrize("argv, text", [(["--device", "foo"], "--device"), (["--outdir", "FILE"], "not a folder")])
