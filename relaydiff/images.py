@@ -1,11 +1,13 @@
-"""The one image writer of relaydiff: uint8 conversion, atomic PNGs, and a streamed grid.
+"""The one image writer of relaydiff: uint8 conversion, atomic PNGs, a streamed grid and row grids.
 
-`to_uint8` is the released THUDM/RelayDiffusion / NVlabs/edm generate.py rule
-`(x * 127.5 + 128).clip(0, 255).to(torch.uint8)`. Every PNG goes through fileio.atomic_write, so a
-crash or a full disk leaves no 0-byte or truncated PNG under its final name. `write_grid` tiles at
-most `limit` images (sample's --grid N, default GRID_LIMIT) and streams one row of tiles at a time
-into the PNG (its own encoder: IHDR, IDAT chunks from one zlib stream, IEND), so its memory is one
-row of tiles whatever the number of images.
+`quantize` is the one float-to-uint8 rule, the released THUDM/RelayDiffusion / NVlabs/edm generate.py
+rule `(x * 127.5 + 128).clip(0, 255).to(torch.uint8)`; `to_uint8` is it in HWC layout for PNGs. Every
+PNG goes through fileio.atomic_write, so a crash or a full disk leaves no 0-byte or truncated PNG
+under its final name. `write_grid` tiles at most `limit` PNG files (sample's --grid N, default
+GRID_LIMIT) and streams one row of tiles at a time into the PNG (its own encoder: IHDR, IDAT chunks
+from one zlib stream, IEND), so its memory is one row of tiles whatever the number of images.
+`write_row_grid` is the small in-memory grid of a few rows of tensors (the training previews: real
+images, stage-1 samples, relay outputs; the comparison's grids).
 """
 
 from __future__ import annotations
@@ -22,12 +24,37 @@ import torch
 from .fileio import atomic_write
 
 GRID_LIMIT = 64  # images in a grid by default (sample --grid)
+ROW_GRID_TILE = 96  # write_row_grid enlarges tiles by a whole factor to about this many pixels (viewable)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
+def quantize(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] float -> uint8 of the same shape (the released generate.py rounding), on the CPU."""
+    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).cpu()
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """[-1, 1] NCHW -> uint8 NHWC (the released generate.py rounding)."""
-    return (x * 127.5 + 128).clip(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """[-1, 1] NCHW -> uint8 NHWC (quantize's rule)."""
+    return quantize(x).permute(0, 2, 3, 1).numpy()
+
+
+def row_tile_size(resolution: int) -> int:
+    """The displayed tile size of write_row_grid for images of `resolution` px."""
+    return resolution * max(1, ROW_GRID_TILE // resolution)
+
+
+def write_row_grid(path: str, rows, resolution: int) -> None:
+    """One PNG, written atomically, of rows of images: rows is a list of [n, C, h, w] tensors, uint8 or
+    float in [-1, 1] (quantize), each image resized (nearest) to resolution px, then enlarged by a
+    whole factor to row_tile_size(resolution) so a 16 px preview is viewable."""
+    tiles = []
+    for r in rows:
+        r = r if r.dtype == torch.uint8 else quantize(r.float())
+        r = torch.nn.functional.interpolate(r.cpu(), size=(resolution, resolution), mode="nearest")
+        tiles.append(torch.cat(list(r), dim=2))  # [C, res, n * res]
+    img = torch.cat(tiles, dim=1).permute(1, 2, 0).numpy()
+    scale = row_tile_size(resolution) // resolution
+    save_png(np.kron(img, np.ones((scale, scale, 1), dtype=np.uint8)), path)
 
 
 def save_png(arr: np.ndarray, path: str, enhance: dict | None = None) -> None:

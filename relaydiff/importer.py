@@ -8,7 +8,7 @@ The file is read by `safe_load.load`, which runs nothing from it: the network un
 record of the preconditioning wrapper (EDMPrecond / VPPrecond / VEPrecond / iDDPMPrecond) this takes the
 constructor arguments the EDM persistence decorator recorded (`_init_args`, `_init_kwargs`; for a
 plainly pickled module without them, the wrapper's attributes of the same names and the U-Net's
-recorded arguments), checks them against checkpoint.py's limits, builds relaydiff's class of the same
+recorded arguments), checks them against netspec.py's limits, builds relaydiff's class of the same
 name on the meta device, compares every tensor name and shape with the file's, and loads the weights
 with load_state_dict(strict=True). `info` holds the JSON network spec (what convert.py saves).
 """
@@ -21,7 +21,7 @@ import os
 import torch
 
 from . import networks
-from .checkpoint import build_checked, check_stage_config
+from .netspec import build_checked, check_stage_config
 from .safe_load import FileRefused
 from .safe_load import load as safe_load_file
 from .safe_unpickle import EDM_CLASSES, TORCH_CONTAINERS, ObjectRecord, PersistentRecord

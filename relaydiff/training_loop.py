@@ -23,8 +23,6 @@ import signal
 import threading
 import time
 
-import numpy as np
-import PIL.Image
 import torch
 import torch.nn.functional as F
 import tqdm
@@ -34,6 +32,7 @@ from . import distributed as dist_util
 from . import sampling
 from .augment import AUGMENT_DIM
 from .dataset import TrainingBatches, open_dataset
+from .images import write_row_grid
 from .loss import EDMLoss, RelayLoss, drop_labels, take_label_dropout
 from .networks import ARCH_PRESETS, build_network
 from .train_scale import check_scale_options, peak_memory_gib, save_snapshot, transfer_weights
@@ -125,18 +124,6 @@ def _preview_samples(net1, net2, labels, x_low, seed, opts):
                                      {"class_labels": labels}, disable=True, seeds=seeds,
                                      offset=sampling.STAGE_STRIDE, **relay_kw)
     return low, high
-
-
-def _save_grid(path, rows, res):
-    """rows: list of [n, 3, h, w] tensors in [-1, 1], each upsampled (nearest) to res x res."""
-    tiles = []
-    for r in rows:
-        r = F.interpolate(r.float().cpu(), size=(res, res), mode="nearest")
-        tiles.append(torch.cat(list(r), dim=2))  # [3, res, n*res]
-    grid = torch.cat(tiles, dim=1)
-    img = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    img = np.kron(img, np.ones((max(1, 96 // res), max(1, 96 // res), 1), dtype=np.uint8))  # viewable size
-    ckpt.atomic_write(path, lambda f: PIL.Image.fromarray(img).save(f, format="PNG"))
 
 
 # ---------------------------------------------------------------------------------------- training
@@ -319,9 +306,9 @@ def training_loop(**overrides) -> dict:
         x_low = F.avg_pool2d(prev_real, opts["k"])
         low, high = _preview_samples(emas.get("1"), emas.get("2"), prev_labels, x_low, opts["seed"], opts)
         rows = [prev_real] + [r for r in (low, high) if r is not None]
-        _save_grid(os.path.join(run_dir, f"grid-{step:06d}.png"), rows, opts["resolution"])
+        write_row_grid(os.path.join(run_dir, f"grid-{step:06d}.png"), rows, opts["resolution"])
         if final:
-            _save_grid(os.path.join(run_dir, "grid.png"), rows, opts["resolution"])
+            write_row_grid(os.path.join(run_dir, "grid.png"), rows, opts["resolution"])
 
     if rank == 0:
         stale = _remove_stale_temporaries(run_dir)

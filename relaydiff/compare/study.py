@@ -31,8 +31,8 @@ from .. import cli_args as cli
 from .. import distributed as dist_util
 from .. import eval as evaluation
 from ..dataset import open_dataset
+from ..images import quantize, row_tile_size, write_row_grid
 from ..safe_load import load_state_dict
-from ..training_loop import _save_grid
 from .methods import METHODS, UNITS, build_unit, match_nfe, sample_method, train_unit
 from .nets import num_params
 
@@ -130,10 +130,6 @@ def get_unit(name, args, dataset, device):
     return net, stats
 
 
-def _to_uint8(x):
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
 def _reference(dataset, n):
     """(reference images, other data images or None): disjoint random subsets of the dataset (fixed order)."""
     order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(12345))
@@ -206,7 +202,7 @@ def _run(args, command):
     os.makedirs(args.outdir, exist_ok=True)
     dataset = open_dataset(args.data, args.resolution, seed=args.seed)
     ref_u8, other_u8 = _reference(dataset, args.num_samples)
-    _save_grid(os.path.join(args.outdir, "grid-data.png"), _grid_rows(ref_u8[:args.grid]), args.resolution)
+    write_row_grid(os.path.join(args.outdir, "grid-data.png"), _grid_rows(ref_u8[:args.grid]), args.resolution)
     data_row = None
     if other_u8 is not None:
         data_row = {"method": "data (other images)", "metrics": score(other_u8, ref_u8, args.inception)}
@@ -234,13 +230,13 @@ def _run(args, command):
         for start in range(0, args.num_samples, args.sample_batch):
             seeds = list(range(start, min(start + args.sample_batch, args.num_samples)))
             x, c = sample_method(method, nets, seeds, steps, _run_config(args), device)
-            images.append(_to_uint8(x))
+            images.append(quantize(x))
             calls = c  # network calls of one batch = per-image NFE (every call is batched)
         seconds = time.perf_counter() - t0
         if calls != steps["nfe"]:
             raise RuntimeError(f"{method}: the sampler made {calls} network calls, the NFE plan says {steps['nfe']}")
         gen = torch.cat(images)
-        _save_grid(os.path.join(args.outdir, f"grid-{method}.png"), _grid_rows(gen[:args.grid]), args.resolution)
+        write_row_grid(os.path.join(args.outdir, f"grid-{method}.png"), _grid_rows(gen[:args.grid]), args.resolution)
         stats = [units[name][1] for name in UNITS[method]]
         rows.append({"method": method, "metrics": score(gen, ref_u8, args.inception), "steps": steps,
                      "nfe": steps["nfe"], "seconds_per_image": seconds / args.num_samples,
@@ -254,7 +250,7 @@ def _run(args, command):
 
 def write_overview(outdir, methods, resolution):
     """DIR/grid-all.png: the first row of grid-data.png, then of each method's grid, top to bottom."""
-    tile = resolution * max(1, 96 // resolution)  # _save_grid's displayed tile size
+    tile = row_tile_size(resolution)  # the height of one row of write_row_grid
     strips = []
     for name in ["data", *methods]:
         with PIL.Image.open(os.path.join(outdir, f"grid-{name}.png")) as im:
@@ -271,8 +267,7 @@ def _run_config(args) -> dict:
 
 
 def _grid_rows(u8, per_row=8):
-    x = u8.to(torch.float32) / 127.5 - 1
-    return [x[i:i + per_row] for i in range(0, x.shape[0] - per_row + 1, per_row)] or [x]
+    return [u8[i:i + per_row] for i in range(0, u8.shape[0] - per_row + 1, per_row)] or [u8]
 
 
 def main(argv=None) -> int:
