@@ -111,6 +111,8 @@ def test_relaydiff_diffusers_without_diffusers_names_the_extra(monkeypatch):
     import importlib
 
     monkeypatch.setitem(sys.modules, "diffusers", None)
+    for name in [m for m in sys.modules if m.startswith("diffusers.")]:  # submodules other tests imported
+        monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.delitem(sys.modules, "relaydiff.diffusers", raising=False)  # restored afterwards
     with pytest.raises(MissingExtraError, match=r"\[diffusers\].*pip install --no-build-isolation '\.\[diffusers\]'"):
         importlib.import_module("relaydiff.diffusers")
