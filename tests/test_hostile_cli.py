@@ -15,7 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from test_cli_args import _exit  # noqa: E402
-from test_sampling import _write_tiny_run  # noqa: E402
+from test_sample_cli import _write_tiny_run  # noqa: E402
 
 from relaydiff.compare import study as compare_study  # noqa: E402
 
