@@ -414,7 +414,7 @@ def main(argv=None) -> int:
     # OSError: missing files, a full disk, a read-only --outdir; UnpicklingError: a refused checkpoint file.
     except (OSError, ValueError, KeyError, pickle.UnpicklingError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return 2  # as every relaydiff command: a bad file or value is a usage error
     return 0
 
 

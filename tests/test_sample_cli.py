@@ -192,7 +192,7 @@ def test_sample_cli_config_not_matching_weights(tmp_path, capsys, field, value, 
     _write_tiny_run(run)
     _rewrite_config(run, "2", **{field: value})
     rc, err = _cli(capsys, "--run", run, "--seeds", "0", "--outdir", tmp_path / "out", "--no-progress")
-    assert rc == 1 and err.count("\n") == 1, err
+    assert rc == 2 and err.count("\n") == 1, err
     assert "stage 2: " in err and __import__("re").search(message, err), err
     assert not (tmp_path / "out" / "000000.png").exists()
 
@@ -209,6 +209,6 @@ def test_sample_cli_huge_config_fails_before_allocating(tmp_path):
             "from relaydiff import sample; sys.exit(sample.main(sys.argv[1:]))")
     done = subprocess.run([sys.executable, "-c", code, "--run", str(run), "--seeds", "0", "--outdir",
                            str(tmp_path / "out"), "--no-progress"], capture_output=True, text=True, timeout=300)
-    assert done.returncode == 1, done.stderr[-2000:]
+    assert done.returncode == 2, done.stderr[-2000:]
     assert "stage 1: config field network.kwargs.model_channels does not match" in done.stderr, done.stderr
     assert done.stderr.count("\n") == 1, done.stderr
