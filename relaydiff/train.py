@@ -32,6 +32,7 @@ from . import checkpoint as ckpt
 from . import cli_args as cli
 from .networks import ARCH_PRESETS, build_network
 from .train_presets import PRESETS, apply_preset, preset_options
+from .train_scale import check_scale_options
 from .train_step import parse_numbers
 from .training_loop import DEFAULTS, stage_configs, training_loop
 
@@ -192,6 +193,8 @@ def dry_run(opts: dict, preset: str | None, not_applied: dict) -> dict:
     """The --dry-run document: the resolved options and, per stage, the network's config and parameter
     count, built on the meta device (no memory, no data read: the label count is the preset's)."""
     label_dim = PRESETS[preset]["classes"] if preset and opts["cond"] else 0
+    world = max(int(os.environ.get("WORLD_SIZE", "1")), 1)  # under torchrun: the ranks it would train on
+    check_scale_options(opts, opts["batch"] // world)  # the errors the run itself would stop with
     stages = {}
     for s, sc in stage_configs(opts, label_dim).items():
         with torch.device("meta"):

@@ -66,6 +66,15 @@ def test_dry_run_of_each_preset_at_full_size(name, capsys, tmp_path, one_thread)
     assert stage["label_dim"] == (1000 if name.startswith("imagenet") else 0)
 
 
+def test_dry_run_checks_what_the_run_would_refuse_and_applies_augment(capsys, tmp_path):
+    rc, _, err = _main(capsys, "--batch", 16, "--batch-gpu", 3, "--dry-run")
+    assert rc == 2 and "--batch-gpu 3 does not divide the per-rank batch 16" in err and err.count("\n") == 1, err
+    rc, out, _ = _main(capsys, "--preset", "celebahq-64-256", "--data", tmp_path / "d.zip", "--dry-run")
+    doc = json.loads(out)  # the paper's augment 0.2 (Table 4) is a training option now: applied, labels to the net
+    assert rc == 0 and doc["not_applied"] == {} and doc["options"]["augment"] == 0.2
+    assert doc["stages"]["2"]["network"]["kwargs"]["augment_dim"] == 9
+
+
 def test_preset_values_table_4(capsys, tmp_path):
     """Spot values of Table 4 / 5 per preset, and options beside a preset override it."""
     rc, out, _ = _main(capsys, "--preset", "celebahq-64-256", "--data", tmp_path / "d.zip", "--dry-run")
