@@ -162,7 +162,9 @@ def test_crafted_npz_refused(tmp_path):
         acts.read_set(str(tmp_path / "nan.npz"))
 
 
-def test_torchrun_two_ranks_equal_one(tmp_path, detector_file):
+def test_torchrun_two_ranks_equal_one(one_thread, tmp_path, detector_file):
+    # Each rank runs one intra-op thread (OMP_NUM_THREADS=1 below); the 1-rank reference does too
+    # (one_thread), since a convolution's float32 sums depend on how its work is split over threads.
     images = tmp_path / "gen"
     _write_images(images, 5, seed=6)
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT)

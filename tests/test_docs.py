@@ -20,10 +20,12 @@ Blocks are found by their fences, so a block added later is picked up with no ch
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import runpy
 import shlex
+import subprocess
 import sys
 import warnings
 
@@ -203,12 +205,17 @@ def pyproject():
 
 
 def check_pip(args: list[str]):
-    from pip._internal.commands import create_command
-
     assert args, "pip without a command"
-    options, rest = create_command(args[0]).parse_args(args[1:])
+    # pip's own parser, in a child: importing pip's internals loads the stdlib distutils, which then
+    # breaks setuptools' distutils shim for the rest of the process (torch.compile's C++ build imports it).
+    code = ("import json, sys; from pip._internal.commands import create_command; "
+            "o, r = create_command(sys.argv[1]).parse_args(sys.argv[2:]); "
+            "print(json.dumps({'rest': r, 'editables': list(getattr(o, 'editables', []) or [])}))")
+    done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, f"pip {' '.join(args)}: {done.stderr.strip().splitlines()[-1:]}"
+    parsed = json.loads(done.stdout.strip().splitlines()[-1])
     project = pyproject()
-    for req in rest + list(getattr(options, "editables", []) or []):
+    for req in parsed["rest"] + parsed["editables"]:
         m = re.fullmatch(r"\.(?:\[([\w,-]+)\])?", req)
         if m is not None:
             for extra in filter(None, (m.group(1) or "").split(",")):
