@@ -19,6 +19,7 @@ install: build-deps
 install-test: build-deps
 	RELAY_KERNELS_CUDA_EMU=1 $(PYTHON) -m pip install --no-build-isolation -e ".[test,train,dev,kdiffusion]"
 	$(PYTHON) -m pip install --no-deps k-diffusion==0.1.1.post1  # test oracle; its small deps are in the kdiffusion extra
+	$(PYTHON) -m pip install --no-deps torch-fidelity==0.4.0  # test oracle for the FID Inception (its package __init__ needs torchvision: tests load the module alone)
 
 # The main job: trains both relay stages on the built-in dataset, ends with runs/relaydiff/grid.png.
 train: install
